@@ -1,0 +1,163 @@
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+
+// Buckets for LLM traffic: whole requests and first tokens run from milliseconds to minutes,
+// the gateway's own work from tens of microseconds to tens of milliseconds.
+const LLM_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600];
+const OVERHEAD_BUCKETS = [
+  0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+];
+
+export type LimitName = 'rpm' | 'tpm' | 'concurrency' | 'budget';
+
+/** Every metric of SPEC section 9 in one registry, built once per process. */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly requests: Counter<'route' | 'model' | 'status' | 'cache' | 'team' | 'key'>;
+  readonly duration: Histogram<'route' | 'model' | 'stream' | 'cache'>;
+  readonly ttft: Histogram<'model' | 'upstream'>;
+  readonly upstreamDuration: Histogram<'upstream' | 'model' | 'status'>;
+  readonly overhead: Histogram<'route'>;
+  readonly tokens: Counter<'model' | 'team' | 'key' | 'type'>;
+  readonly cost: Counter<'model' | 'team' | 'key'>;
+  readonly saved: Counter<'model' | 'team' | 'key'>;
+  readonly cacheLookups: Counter<'result'>;
+  readonly rateLimited: Counter<'team' | 'key' | 'limit'>;
+  readonly budgetRemaining: Gauge<'team' | 'key'>;
+  readonly upstreamRequests: Counter<'upstream' | 'status'>;
+  readonly upstreamRetries: Counter<'upstream' | 'reason'>;
+  readonly circuitState: Gauge<'upstream'>;
+  readonly inflight: Gauge<'route'>;
+  readonly storeErrors: Counter<'store' | 'op'>;
+
+  constructor(readonly keyLabels: boolean) {
+    const r = [this.registry];
+    const p = 'tollgate_';
+    this.requests = new Counter({
+      name: `${p}requests_total`,
+      help: 'Requests answered, by outcome.',
+      labelNames: ['route', 'model', 'status', 'cache', 'team', 'key'],
+      registers: r,
+    });
+    this.duration = new Histogram({
+      name: `${p}request_duration_seconds`,
+      help: 'Whole request duration, streams to their last byte.',
+      labelNames: ['route', 'model', 'stream', 'cache'],
+      buckets: LLM_BUCKETS,
+      registers: r,
+    });
+    this.ttft = new Histogram({
+      name: `${p}time_to_first_token_seconds`,
+      help: 'Time to the first streamed content chunk.',
+      labelNames: ['model', 'upstream'],
+      buckets: LLM_BUCKETS,
+      registers: r,
+    });
+    this.upstreamDuration = new Histogram({
+      name: `${p}upstream_duration_seconds`,
+      help: 'Upstream time to response headers.',
+      labelNames: ['upstream', 'model', 'status'],
+      buckets: LLM_BUCKETS,
+      registers: r,
+    });
+    this.overhead = new Histogram({
+      name: `${p}overhead_duration_seconds`,
+      help: 'Time spent in the gateway itself, excluding the upstream.',
+      labelNames: ['route'],
+      buckets: OVERHEAD_BUCKETS,
+      registers: r,
+    });
+    this.tokens = new Counter({
+      name: `${p}tokens_total`,
+      help: 'Tokens billed by upstreams.',
+      labelNames: ['model', 'team', 'key', 'type'],
+      registers: r,
+    });
+    this.cost = new Counter({
+      name: `${p}cost_usd_total`,
+      help: 'Upstream cost in USD.',
+      labelNames: ['model', 'team', 'key'],
+      registers: r,
+    });
+    this.saved = new Counter({
+      name: `${p}saved_usd_total`,
+      help: 'USD saved by cache hits.',
+      labelNames: ['model', 'team', 'key'],
+      registers: r,
+    });
+    this.cacheLookups = new Counter({
+      name: `${p}cache_lookups_total`,
+      help: 'Response cache lookups.',
+      labelNames: ['result'],
+      registers: r,
+    });
+    this.rateLimited = new Counter({
+      name: `${p}rate_limited_total`,
+      help: 'Requests refused by a limit or budget.',
+      labelNames: ['team', 'key', 'limit'],
+      registers: r,
+    });
+    this.budgetRemaining = new Gauge({
+      name: `${p}budget_remaining_usd`,
+      help: 'Budget left in the current period.',
+      labelNames: ['team', 'key'],
+      registers: r,
+    });
+    this.upstreamRequests = new Counter({
+      name: `${p}upstream_requests_total`,
+      help: 'Attempts sent to upstreams, by status.',
+      labelNames: ['upstream', 'status'],
+      registers: r,
+    });
+    this.upstreamRetries = new Counter({
+      name: `${p}upstream_retries_total`,
+      help: 'Attempts that moved on to another route.',
+      labelNames: ['upstream', 'reason'],
+      registers: r,
+    });
+    this.circuitState = new Gauge({
+      name: `${p}circuit_state`,
+      help: 'Circuit breaker state: 0 closed, 1 half-open, 2 open.',
+      labelNames: ['upstream'],
+      registers: r,
+    });
+    this.inflight = new Gauge({
+      name: `${p}inflight_requests`,
+      help: 'Requests in progress.',
+      labelNames: ['route'],
+      registers: r,
+    });
+    this.storeErrors = new Counter({
+      name: `${p}store_errors_total`,
+      help: 'Failed store operations.',
+      labelNames: ['store', 'op'],
+      registers: r,
+    });
+    collectDefaultMetrics({ register: this.registry, prefix: p });
+  }
+
+  /** The `key` label value: the key's name, or empty when key labels are off. */
+  keyLabel(name: string): string {
+    return this.keyLabels ? name : '';
+  }
+
+  /**
+   * Removes a revoked key's series. prom-client only removes exact label sets, so the key's
+   * sets are found in the metric's own table (`hashMap`, stable across prom-client 12-15).
+   */
+  forgetKey(key: string): void {
+    if (!this.keyLabels) return;
+    for (const m of [
+      this.requests,
+      this.tokens,
+      this.cost,
+      this.saved,
+      this.rateLimited,
+      this.budgetRemaining,
+    ]) {
+      const table = (m as unknown as { hashMap: Record<string, { labels: Record<string, string> }> }).hashMap;
+      for (const entry of Object.values(table)) {
+        if (entry.labels['key'] === key) m.remove(entry.labels as never);
+      }
+    }
+  }
+}

@@ -1,0 +1,82 @@
+import { extractUsage, type TokenUsage } from './usage.js';
+
+const EVENT_END = Buffer.from('\n\n');
+const DATA = Buffer.from('data:');
+const DONE = Buffer.from('data: [DONE]');
+const ERROR = Buffer.from('{"error"');
+const USAGE = Buffer.from('"usage"');
+
+/**
+ * Watches an upstream SSE byte stream as it is relayed: whole events are forwarded as soon as
+ * they are complete (an upstream chunk normally holds whole events, so nothing waits), the
+ * usage chunk is read and, when the client did not ask for it, removed. Bytes are only
+ * searched, never re-serialised.
+ */
+export class SseRelay {
+  usage: TokenUsage | null = null;
+  /** Data events relayed, excluding the usage chunk and [DONE]. */
+  events = 0;
+  done = false;
+  errorEvent = false;
+  private pending: Buffer | null = null;
+
+  constructor(private readonly keepUsageChunk: boolean) {}
+
+  /** Returns the bytes to send to the client now (possibly empty). */
+  push(chunk: Buffer): Buffer {
+    const buf = this.pending ? Buffer.concat([this.pending, chunk]) : chunk;
+    const last = buf.lastIndexOf(EVENT_END);
+    if (last === -1) {
+      this.pending = buf;
+      return EMPTY;
+    }
+    const cut = last + EVENT_END.length;
+    this.pending = cut < buf.length ? buf.subarray(cut) : null;
+    const complete = cut < buf.length ? buf.subarray(0, cut) : buf;
+    return this.scan(complete);
+  }
+
+  /** Whatever is left when the upstream ends (an unterminated last event). */
+  flush(): Buffer {
+    const rest = this.pending;
+    this.pending = null;
+    return rest ? this.scan(rest) : EMPTY;
+  }
+
+  private scan(part: Buffer): Buffer {
+    if (part.indexOf(DONE) !== -1) this.done = true;
+    if (part.indexOf(ERROR) !== -1) this.errorEvent = true;
+    let n = 0;
+    for (let i = part.indexOf(DATA); i !== -1; i = part.indexOf(DATA, i + DATA.length)) n++;
+    if (this.done) n--;
+    const usageAt = part.indexOf(USAGE);
+    if (usageAt === -1) {
+      this.events += n;
+      return part;
+    }
+    // Only the usage chunk has a non-null usage; find its event and read it.
+    let start = 0;
+    let out: Buffer[] | null = null;
+    while (start < part.length) {
+      let end = part.indexOf(EVENT_END, start);
+      end = end === -1 ? part.length : end + EVENT_END.length;
+      const event = part.subarray(start, end);
+      const usage = event.indexOf(USAGE) !== -1 ? extractUsage(event) : null;
+      if (usage) {
+        this.usage = usage;
+        n--;
+        if (!this.keepUsageChunk) {
+          out ??= [part.subarray(0, start)];
+          start = end;
+          continue;
+        }
+      }
+      out?.push(event);
+      start = end;
+    }
+    this.events += n;
+    return out ? Buffer.concat(out) : part;
+  }
+}
+
+const EMPTY = Buffer.alloc(0);

@@ -1,0 +1,101 @@
+import type { Config } from '../config/schema.js';
+import { KeyAdmin } from '../keys/key-admin.js';
+import { KeyService } from '../keys/key-service.js';
+import { MemoryKeyStore } from '../keys/memory-store.js';
+import { RedisKeyStore } from '../keys/redis-store.js';
+import type { KeyStore } from '../keys/store.js';
+import type { KeyRecord } from '../keys/types.js';
+import { noUsageSink, type UsageSink } from '../metering/usage-sink.js';
+import { Metrics } from '../metrics/metrics.js';
+import { ModelIndex } from '../proxy/model-index.js';
+import { createRedis, type RedisClient } from '../store/redis.js';
+import { Router } from '../upstream/router.js';
+import { createUpstream, type Upstream } from '../upstream/upstream.js';
+import type { AppDeps, Health } from './app.js';
+import type { Logger } from './logger.js';
+import { Observer } from './observer.js';
+
+export interface Runtime extends AppDeps {
+  redis: RedisClient | null;
+  usage: UsageSink;
+  /** Releases connections and timers; call after the server has stopped. */
+  close(): Promise<void>;
+}
+
+/** Builds every long-lived part of the gateway from its configuration, once. */
+export function buildRuntime(config: Config, logger: Logger): Runtime {
+  const redis =
+    config.redis?.url || config.redis?.cluster || config.redis?.sentinel ? createRedis(config.redis) : null;
+  const subscriber = redis && config.redis ? createRedis(config.redis) : null;
+  const prefix = config.redis?.keyPrefix ?? 'tollgate:';
+  for (const [name, client] of [
+    ['redis', redis],
+    ['redis-subscriber', subscriber],
+  ] as const) {
+    client?.on('error', (err: Error) => logger.warn({ client: name, err: err.message }, 'redis error'));
+  }
+  const keyStore: KeyStore =
+    redis && subscriber ? new RedisKeyStore(redis, subscriber, prefix) : new MemoryKeyStore();
+  const keys = new KeyService(keyStore, fileKeys(config));
+  const metrics = config.metrics.enabled ? new Metrics(config.metrics.keyLabels) : null;
+  const upstreams = new Map<string, Upstream>();
+  for (const u of config.upstreams) upstreams.set(u.name, createUpstream(u, config.routing.timeouts));
+  const router = new Router(upstreams, config.models, config.routing, {
+    retry: (upstream, reason) => metrics?.upstreamRetries.inc({ upstream, reason }),
+    upstreamResult: (upstream, model, status, seconds) => {
+      metrics?.upstreamRequests.inc({ upstream, status });
+      metrics?.upstreamDuration.observe({ upstream, model, status }, seconds);
+    },
+    circuit: (upstream, state) => metrics?.circuitState.set({ upstream }, state),
+  });
+  for (const u of upstreams.keys()) metrics?.circuitState.set({ upstream: u }, 0);
+  const usage = noUsageSink;
+  const health: Health = {
+    draining: false,
+    ready: () => redis === null || config.limits.failMode === 'open' || redis.status === 'ready',
+  };
+  return {
+    config,
+    logger,
+    keys,
+    keyStore,
+    keyAdmin: new KeyAdmin(keyStore),
+    models: new ModelIndex(config.models),
+    router,
+    metrics,
+    observer: new Observer(logger, metrics, usage),
+    health,
+    redis,
+    usage,
+    async close() {
+      await usage.close();
+      await Promise.allSettled([...upstreams.values()].map((u) => u.pool.close()));
+      await keyStore.close();
+      for (const c of [subscriber, redis]) {
+        if (c) await c.quit().catch(() => c.disconnect());
+      }
+    },
+  };
+}
+
+/** Keys declared in the config file: hash only, read-only through the admin API. */
+function fileKeys(config: Config): KeyRecord[] {
+  const at = new Date(0).toISOString();
+  return config.keys.map((k) => ({
+    id: `key_cfg_${k.name}`,
+    name: k.name,
+    team: k.team,
+    role: k.role,
+    prefix: 'sk-tg-',
+    limits: k.limits ?? {},
+    budget: k.budget ?? null,
+    models: k.models ?? null,
+    expiresAt: null,
+    createdAt: at,
+    updatedAt: at,
+    disabled: false,
+    metadata: {},
+    secrets: [{ sha256: k.sha256, validUntil: null }],
+    fromConfig: true,
+  }));
+}

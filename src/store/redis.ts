@@ -1,0 +1,87 @@
+import { Cluster, Redis, type RedisOptions } from 'ioredis';
+import type { RedisConfig } from '../config/schema.js';
+
+export type RedisClient = Redis | Cluster;
+
+/**
+ * Builds the one Redis client of the process (plus, on demand, its subscriber twin).
+ * `enableOfflineQueue: false` makes commands fail at once while disconnected instead of queueing,
+ * so the deadline on hot-path calls is real; auto-pipelining batches concurrent commands.
+ */
+export function createRedis(cfg: RedisConfig, opts: { lazy?: boolean } = {}): RedisClient {
+  const base: RedisOptions = {
+    enableOfflineQueue: false,
+    enableAutoPipelining: true,
+    maxRetriesPerRequest: 1,
+    lazyConnect: opts.lazy ?? false,
+    connectTimeout: 2000,
+    retryStrategy: (times) => Math.min(times * 100, 1000),
+  };
+  if (cfg.cluster) {
+    return new Cluster(cfg.cluster.nodes.map(parseNode), {
+      enableOfflineQueue: false,
+      enableAutoPipelining: true,
+      lazyConnect: opts.lazy ?? false,
+      redisOptions: base,
+      clusterRetryStrategy: (times) => Math.min(times * 100, 1000),
+    });
+  }
+  if (cfg.sentinel) {
+    return new Redis({
+      ...base,
+      sentinels: cfg.sentinel.sentinels.map(parseNode),
+      name: cfg.sentinel.name,
+    });
+  }
+  return new Redis(cfg.url ?? 'redis://127.0.0.1:6379', base);
+}
+
+function parseNode(s: string): { host: string; port: number } {
+  const u = new URL(s.includes('://') ? s : `redis://${s}`);
+  return { host: u.hostname, port: Number(u.port || 6379) };
+}
+
+/** Rejects with a timeout error when `p` has not settled within `ms`. */
+export function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`store deadline of ${ms} ms exceeded`)), ms);
+    p.then(
+      (v) => {
+        clearTimeout(t);
+        resolve(v);
+      },
+      (e: unknown) => {
+        clearTimeout(t);
+        reject(e);
+      },
+    );
+  });
+}
+
+/** Whether an error means the store could not be reached (as opposed to a bug). */
+export function isStoreUnavailable(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  return (
+    err.name === 'MaxRetriesPerRequestError' ||
+    err.name === 'ClusterAllFailedError' ||
+    /enableOfflineQueue|Connection is closed|ECONNREFUSED|ECONNRESET|store deadline|Failed to refresh slots|None of startup nodes/.test(
+      err.message,
+    )
+  );
+}
+
+/** Resolves when the client is ready, or after `ms` (the caller proceeds either way). */
+export function waitReady(client: RedisClient, ms: number): Promise<boolean> {
+  if (client.status === 'ready') return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const t = setTimeout(() => {
+      client.off('ready', onReady);
+      resolve(false);
+    }, ms);
+    const onReady = (): void => {
+      clearTimeout(t);
+      resolve(true);
+    };
+    client.once('ready', onReady);
+  });
+}

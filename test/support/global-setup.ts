@@ -1,0 +1,71 @@
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { createServer } from 'node:net';
+import type { TestProject } from 'vitest/node';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    redisUrl: string;
+  }
+}
+
+let redis: ChildProcess | undefined;
+
+/**
+ * Tests need a real Redis: TEST_REDIS_URL when set (never REDIS_URL, which may be production),
+ * else a throwaway redis-server on a free port, else a one-line explanation.
+ */
+export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  let url = process.env['TEST_REDIS_URL'];
+  if (!url) {
+    try {
+      execFileSync('redis-server', ['--version'], { stdio: 'ignore' });
+    } catch {
+      throw new Error(
+        'tests need Redis: set TEST_REDIS_URL=redis://host:port, or put redis-server on PATH (apt-get install redis-server)',
+      );
+    }
+    const port = await freePort();
+    redis = spawn(
+      'redis-server',
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+      {
+        stdio: 'ignore',
+      },
+    );
+    url = `redis://127.0.0.1:${port}`;
+    await waitForPort(port);
+  }
+  project.provide('redisUrl', url);
+  return async () => {
+    redis?.kill('SIGTERM');
+  };
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => resolve(typeof addr === 'object' && addr ? addr.port : 0));
+    });
+  });
+}
+
+async function waitForPort(port: number): Promise<void> {
+  const { connect } = await import('node:net');
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect(port, '127.0.0.1');
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`redis-server did not start on port ${port}`);
+}
