@@ -1,4 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { z } from 'zod';
 import { type Config, configSchema } from './schema.js';
@@ -24,9 +25,15 @@ const DEFAULT_FILE = 'config/gateway.yaml';
 const REF = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
 const WHOLE_REF = /^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}$/;
 
+export interface LoadOptions {
+  /** Where `config/gateway.yaml` is looked for when no file is named (default: the process's cwd). */
+  cwd?: string;
+}
+
 /** Loads, interpolates, validates and checks the configuration (SPEC sections 1-2). */
-export function loadConfig(env: Env, file?: string): LoadedConfig {
-  const path = file ?? env['GATEWAY_CONFIG'] ?? (existsSync(DEFAULT_FILE) ? DEFAULT_FILE : undefined);
+export function loadConfig(env: Env, file?: string, opts: LoadOptions = {}): LoadedConfig {
+  const defaultFile = opts.cwd === undefined ? DEFAULT_FILE : resolve(opts.cwd, DEFAULT_FILE);
+  const path = file || env['GATEWAY_CONFIG'] || (existsSync(defaultFile) ? defaultFile : undefined);
   let raw: unknown;
   let source = 'environment';
   if (path !== undefined) {
@@ -41,13 +48,29 @@ export function loadConfig(env: Env, file?: string): LoadedConfig {
     } catch (err) {
       throw new ConfigError([`${path}: not valid YAML (${(err as Error).message.split('\n')[0]})`]);
     }
+    if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
+      throw new ConfigError([`${path}: expected a YAML mapping (server:, upstreams:, models:, ...)`]);
+    }
     source = path;
   } else {
     raw = fromEnvironment(env);
   }
   applyOverrides(raw as Record<string, unknown>, env);
-  return { ...validateConfig(raw), source };
+  try {
+    return { ...validateConfig(raw), source };
+  } catch (err) {
+    if (err instanceof ConfigError && source === 'environment' && !hasProvider(env)) {
+      throw new ConfigError([
+        ...err.issues,
+        'no configuration file and no provider in the environment: set OPENAI_API_KEY, or AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_API_KEY, or name a file in GATEWAY_CONFIG',
+      ]);
+    }
+    throw err;
+  }
 }
+
+const hasProvider = (env: Env): boolean =>
+  !!env['OPENAI_API_KEY'] || (!!env['AZURE_OPENAI_ENDPOINT'] && !!env['AZURE_OPENAI_API_KEY']);
 
 /** Validates an already-interpolated configuration object; throws ConfigError listing every problem. */
 export function validateConfig(raw: unknown): { config: Config; warnings: string[] } {
@@ -58,7 +81,11 @@ export function validateConfig(raw: unknown): { config: Config; warnings: string
   return { config, warnings };
 }
 
-/** Replaces `${VAR}` and `${VAR:-default}` in every string; an unset or empty whole-value reference drops the key. */
+/**
+ * Replaces `${VAR}` and `${VAR:-default}` in every string. A reference that resolves to nothing
+ * (unset or empty, no default) leaves the whole value out, even inside a longer string: an
+ * endpoint like `https://${RESOURCE}.openai.azure.com` must not become `https://.openai.azure.com`.
+ */
 export function interpolate(value: unknown, env: Env): unknown {
   if (typeof value === 'string') {
     const whole = WHOLE_REF.exec(value);
@@ -66,7 +93,13 @@ export function interpolate(value: unknown, env: Env): unknown {
       const resolved = env[whole[1]!] || whole[2];
       return resolved === undefined || resolved === '' ? undefined : coerce(resolved);
     }
-    return value.replace(REF, (_m, name: string, def?: string) => env[name] || def || '');
+    let missing = false;
+    const out = value.replace(REF, (_m, name: string, def?: string) => {
+      const v = env[name] || def || '';
+      if (v === '') missing = true;
+      return v;
+    });
+    return missing ? undefined : out;
   }
   if (Array.isArray(value)) return value.map((v) => interpolate(v, env)).filter((v) => v !== undefined);
   if (value !== null && typeof value === 'object') {
@@ -101,12 +134,13 @@ function fromEnvironment(env: Env): Record<string, unknown> {
     });
     routes.push({ upstream: 'openai', priority: 1, weight: 1 });
   }
-  if (env['AZURE_OPENAI_ENDPOINT'] && env['AZURE_OPENAI_API_KEY']) {
+  // Half an Azure configuration still becomes an upstream, so its missing part is warned about.
+  if (env['AZURE_OPENAI_ENDPOINT'] || env['AZURE_OPENAI_API_KEY']) {
     upstreams.push({
       name: 'azure',
       type: 'azure',
-      endpoint: env['AZURE_OPENAI_ENDPOINT'],
-      apiKey: env['AZURE_OPENAI_API_KEY'],
+      ...(env['AZURE_OPENAI_ENDPOINT'] ? { endpoint: env['AZURE_OPENAI_ENDPOINT'] } : {}),
+      ...(env['AZURE_OPENAI_API_KEY'] ? { apiKey: env['AZURE_OPENAI_API_KEY'] } : {}),
       deployment: env['AZURE_OPENAI_DEPLOYMENT'] || 'gpt-4.1-mini',
       ...(env['OPENAI_API_VERSION'] ? { apiVersion: env['OPENAI_API_VERSION'] } : {}),
     });
@@ -150,13 +184,16 @@ function formatIssues(issues: z.core.$ZodIssue[]): string[] {
 function checkReferences(config: Config, warnings: string[]): Config {
   const problems: string[] = [];
   const enabled = new Set<string>();
+  const disabled = new Map<string, string>();
   const seen = new Set<string>();
   config.upstreams.forEach((u, i) => {
     if (seen.has(u.name)) problems.push(`upstreams.${i}.name: duplicate upstream name '${u.name}'`);
     seen.add(u.name);
     const missing = u.type === 'azure' && !u.endpoint ? 'endpoint' : !u.apiKey ? 'apiKey' : null;
-    if (missing) warnings.push(`upstream '${u.name}' has no ${missing}: disabled`);
-    else enabled.add(u.name);
+    if (missing) {
+      warnings.push(`upstream '${u.name}' has no ${missing}: disabled`);
+      disabled.set(u.name, `upstream '${u.name}' is disabled: no ${missing}`);
+    } else enabled.add(u.name);
   });
   const names = new Set<string>();
   config.models.forEach((m, i) => {
@@ -169,7 +206,12 @@ function checkReferences(config: Config, warnings: string[]): Config {
         problems.push(`models.${i}.routes.${j}.upstream: no upstream named '${r.upstream}'`);
     });
     const live = m.routes.filter((r) => enabled.has(r.upstream));
-    if (live.length === 0) problems.push(`models.${i}.routes: model '${m.id}' has no usable route`);
+    if (live.length === 0) {
+      const why = [...new Set(m.routes.map((r) => disabled.get(r.upstream)).filter((w) => w !== undefined))];
+      problems.push(
+        `models.${i}.routes: model '${m.id}' has no usable route${why.length ? ` (${why.join('; ')})` : ''}`,
+      );
+    }
     m.routes = live;
   });
   if (config.models.length === 0) problems.push('models: at least one model is required');

@@ -15,7 +15,7 @@ export class RedisKeyStore implements KeyStore {
 
   constructor(
     private readonly redis: RedisClient,
-    private readonly subscriber: RedisClient,
+    subscriber: RedisClient,
     private readonly prefix: string,
   ) {
     this.channel = `${prefix}keys:invalidate`;

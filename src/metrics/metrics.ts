@@ -28,6 +28,7 @@ export class Metrics {
   readonly circuitState: Gauge<'upstream'>;
   readonly inflight: Gauge<'route'>;
   readonly storeErrors: Counter<'store' | 'op'>;
+  readonly usageDropped: Counter;
 
   constructor(readonly keyLabels: boolean) {
     const r = [this.registry];
@@ -130,6 +131,11 @@ export class Metrics {
       name: `${p}store_errors_total`,
       help: 'Failed store operations.',
       labelNames: ['store', 'op'],
+      registers: r,
+    });
+    this.usageDropped = new Counter({
+      name: `${p}usage_records_dropped_total`,
+      help: 'Usage records lost to a full buffer.',
       registers: r,
     });
     collectDefaultMetrics({ register: this.registry, prefix: p });

@@ -4,6 +4,7 @@ import { cors } from 'hono/cors';
 import { type AdminEnv, adminAuth } from '../admin/admin-auth.js';
 import { keyRoutes } from '../admin/keys-routes.js';
 import { teamRoutes } from '../admin/teams-routes.js';
+import { usageRoutes } from '../admin/usage-routes.js';
 import { clientAuth } from '../auth/client-auth.js';
 import { safeEqual } from '../auth/key-format.js';
 import type { Config } from '../config/schema.js';
@@ -12,6 +13,7 @@ import type { KeyAdmin } from '../keys/key-admin.js';
 import type { KeyService } from '../keys/key-service.js';
 import type { KeyStore } from '../keys/store.js';
 import { RequestTrace } from '../metering/record.js';
+import type { UsageStore } from '../metering/usage-store.js';
 import type { Metrics } from '../metrics/metrics.js';
 import { chatCompletions } from '../proxy/chat-completions.js';
 import type { ModelIndex } from '../proxy/model-index.js';
@@ -34,6 +36,7 @@ export interface AppDeps {
   metrics: Metrics | null;
   observer: Observer;
   health: Health;
+  usageStore: UsageStore;
   /** Extra detail for `GET /admin/keys/{id}` and `GET /me` (spend, remaining limits). */
   keyStatus?: (keyId: string) => Promise<Record<string, unknown>>;
   /** Test hook: keep-alive interval for streams waiting on their first byte. */
@@ -152,6 +155,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
       onRevoked: (k) => deps.metrics?.forgetKey(k.name),
     }),
   );
+  admin.route('/usage', usageRoutes(deps.usageStore));
   admin.route('/', teamRoutes({ admin: deps.keyAdmin, store: deps.keyStore }));
   app.route('/admin', admin as unknown as Hono<AppEnv>);
 

@@ -5,7 +5,9 @@ import { MemoryKeyStore } from '../keys/memory-store.js';
 import { RedisKeyStore } from '../keys/redis-store.js';
 import type { KeyStore } from '../keys/store.js';
 import type { KeyRecord } from '../keys/types.js';
-import { noUsageSink, type UsageSink } from '../metering/usage-sink.js';
+import { RedisUsageStore } from '../metering/redis-usage-store.js';
+import { MemoryUsageStore, type UsageStore } from '../metering/usage-store.js';
+import { UsageWriter } from '../metering/usage-writer.js';
 import { Metrics } from '../metrics/metrics.js';
 import { ModelIndex } from '../proxy/model-index.js';
 import { createRedis, type RedisClient } from '../store/redis.js';
@@ -17,7 +19,7 @@ import { Observer } from './observer.js';
 
 export interface Runtime extends AppDeps {
   redis: RedisClient | null;
-  usage: UsageSink;
+  usage: UsageWriter;
   /** Releases connections and timers; call after the server has stopped. */
   close(): Promise<void>;
 }
@@ -49,7 +51,16 @@ export function buildRuntime(config: Config, logger: Logger): Runtime {
     circuit: (upstream, state) => metrics?.circuitState.set({ upstream }, state),
   });
   for (const u of upstreams.keys()) metrics?.circuitState.set({ upstream: u }, 0);
-  const usage = noUsageSink;
+  const usageStore: UsageStore = redis ? new RedisUsageStore(redis, prefix) : new MemoryUsageStore();
+  const usage = new UsageWriter(usageStore, {
+    bufferSize: config.metering.bufferSize,
+    flushIntervalMs: config.metering.flushIntervalMs,
+    onDropped: (n) => metrics?.usageDropped.inc(n),
+    onError: (err) => {
+      metrics?.storeErrors.inc({ store: 'usage', op: 'write' });
+      logger.warn({ err: err.message }, 'usage write failed; will retry');
+    },
+  });
   const health: Health = {
     draining: false,
     ready: () => redis === null || config.limits.failMode === 'open' || redis.status === 'ready',
@@ -67,6 +78,7 @@ export function buildRuntime(config: Config, logger: Logger): Runtime {
     health,
     redis,
     usage,
+    usageStore,
     async close() {
       await usage.close();
       await Promise.allSettled([...upstreams.values()].map((u) => u.pool.close()));

@@ -81,14 +81,14 @@ export class Observer {
       },
       'request',
     );
-    if (!key || !model) return;
+    if (!key) return;
     const record: UsageRecord = {
       requestId,
       ts: Date.now(),
       keyId: key.id,
       keyName: key.name,
       team: key.team,
-      model: model.id,
+      model: model?.id ?? '',
       upstream: trace.upstream,
       stream: trace.stream,
       status: trace.status,
@@ -97,7 +97,7 @@ export class Observer {
       cachedTokens: trace.cacheHit ? 0 : (usage?.cachedTokens ?? 0),
       completionTokens: trace.cacheHit ? 0 : (usage?.completionTokens ?? 0),
       costUsd: cost,
-      savedUsd: trace.cacheHit && usage ? costOf(usage, model.pricing) : 0,
+      savedUsd: trace.cacheHit && usage && model ? costOf(usage, model.pricing) : 0,
       latencyMs: round(latencyMs),
       ttftMs: trace.ttftMs === null ? null : round(trace.ttftMs),
       estimated,

@@ -1,0 +1,105 @@
+import type { RedisClient } from '../store/redis.js';
+import type { UsageRecord } from './record.js';
+import {
+  cellId,
+  dayOf,
+  emptyCell,
+  increments,
+  METRICS,
+  type Metric,
+  type UsageCell,
+  type UsageStore,
+} from './usage-store.js';
+
+const STREAM_MAXLEN = 1_000_000;
+const AGG_TTL_SECONDS = 400 * 86400;
+const SEEN_TTL_SECONDS = 3 * 86400;
+
+// One call per day of records: for each record not seen before (HSETNX on the day's seen-set),
+// append it to the export stream and add its increments to the day's aggregate hash. Every key
+// shares the hash tag of the stream's name, so the call stays in one Redis Cluster slot.
+const WRITE_DAY = `
+local n = 0
+for i = 1, #ARGV, 3 do
+  local id, record, incs = ARGV[i], ARGV[i + 1], cjson.decode(ARGV[i + 2])
+  if redis.call('HSETNX', KEYS[3], id, 1) == 1 then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ${STREAM_MAXLEN}, '*', 'record', record)
+    for field, v in pairs(incs) do
+      if v ~= 0 then redis.call('HINCRBY', KEYS[2], field, v) end
+    end
+    n = n + 1
+  end
+end
+redis.call('EXPIRE', KEYS[2], ${AGG_TTL_SECONDS})
+redis.call('EXPIRE', KEYS[3], ${SEEN_TTL_SECONDS})
+return n
+`;
+
+type WithUsage = RedisClient & {
+  tollgateUsageWrite(stream: string, agg: string, seen: string, ...args: string[]): Promise<number>;
+};
+
+/** Usage in Redis: `<prefix>usage` stream for export, per-day aggregate hashes behind the usage API. */
+export class RedisUsageStore implements UsageStore {
+  private readonly redis: WithUsage;
+  private readonly stream: string;
+  private readonly tag: string;
+
+  constructor(redis: RedisClient, prefix: string) {
+    redis.defineCommand('tollgateUsageWrite', { numberOfKeys: 3, lua: WRITE_DAY });
+    this.redis = redis as WithUsage;
+    this.stream = `${prefix}usage`;
+    this.tag = `{${this.stream}}`;
+  }
+
+  private aggKey(day: string): string {
+    return `${this.tag}:agg:${day}`;
+  }
+
+  async write(records: UsageRecord[]): Promise<void> {
+    const byDay = new Map<string, UsageRecord[]>();
+    for (const r of records) {
+      const d = dayOf(r.ts);
+      byDay.set(d, [...(byDay.get(d) ?? []), r]);
+    }
+    await Promise.all(
+      [...byDay].map(([day, rs]) => {
+        const args: string[] = [];
+        for (const r of rs) {
+          const inc = increments(r);
+          const id = cellId(r);
+          const fields: Record<string, number> = {};
+          for (const m of METRICS) fields[`${id}\t${m}`] = inc[m];
+          args.push(r.requestId, JSON.stringify(r), JSON.stringify(fields));
+        }
+        return this.redis.tollgateUsageWrite(
+          this.stream,
+          this.aggKey(day),
+          `${this.tag}:seen:${day}`,
+          ...args,
+        );
+      }),
+    );
+  }
+
+  async cells(days: string[]): Promise<UsageCell[]> {
+    const hashes = await Promise.all(days.map((d) => this.redis.hgetall(this.aggKey(d))));
+    const out: UsageCell[] = [];
+    days.forEach((day, i) => {
+      const cells = new Map<string, UsageCell>();
+      for (const [field, value] of Object.entries(hashes[i] ?? {})) {
+        const cut = field.lastIndexOf('\t');
+        const id = field.slice(0, cut);
+        const metric = field.slice(cut + 1) as Metric;
+        let cell = cells.get(id);
+        if (!cell) {
+          cell = emptyCell(day, id);
+          cells.set(id, cell);
+        }
+        if ((METRICS as readonly string[]).includes(metric)) cell[metric] = Number(value);
+      }
+      out.push(...cells.values());
+    });
+    return out;
+  }
+}

@@ -1,0 +1,94 @@
+import type { UsageRecord } from './record.js';
+import type { UsageSink } from './usage-sink.js';
+import type { UsageStore } from './usage-store.js';
+
+export interface UsageWriterOptions {
+  /** Records held in memory at most; beyond it new records are dropped and counted. */
+  bufferSize: number;
+  flushIntervalMs: number;
+  batchSize?: number;
+  onDropped?: (n: number) => void;
+  onError?: (err: Error) => void;
+}
+
+/**
+ * Takes usage records off the response path: `record` only appends to a bounded buffer; a timer
+ * writes batches to the store, keeping a failed batch at the head to retry (the store ignores
+ * request ids it has already seen, so a retry never counts twice).
+ */
+export class UsageWriter implements UsageSink {
+  private buffer: UsageRecord[] = [];
+  private writing: Promise<void> | null = null;
+  private readonly timer: NodeJS.Timeout;
+  private failures = 0;
+  private pausedUntil = 0;
+  dropped = 0;
+
+  constructor(
+    private readonly store: UsageStore,
+    private readonly opts: UsageWriterOptions,
+  ) {
+    this.timer = setInterval(() => void this.tick(), opts.flushIntervalMs);
+    this.timer.unref();
+  }
+
+  get pending(): number {
+    return this.buffer.length;
+  }
+
+  record(r: UsageRecord): void {
+    if (this.buffer.length >= this.opts.bufferSize) {
+      this.dropped++;
+      this.opts.onDropped?.(1);
+      return;
+    }
+    this.buffer.push(r);
+  }
+
+  private async tick(): Promise<void> {
+    if (this.writing || this.buffer.length === 0 || Date.now() < this.pausedUntil) return;
+    await this.writeOnce().catch(() => {});
+  }
+
+  /** Writes one batch; on failure the batch stays at the head of the buffer. */
+  private writeOnce(): Promise<void> {
+    if (this.writing) return this.writing;
+    const batch = this.buffer.slice(0, this.opts.batchSize ?? 500);
+    this.writing = this.store
+      .write(batch)
+      .then(
+        () => {
+          this.buffer.splice(0, batch.length);
+          this.failures = 0;
+        },
+        (err: Error) => {
+          this.failures++;
+          // Back off while the store is down: 100 ms doubling up to 5 s.
+          this.pausedUntil = Date.now() + Math.min(5000, 100 * 2 ** Math.min(this.failures, 6));
+          this.opts.onError?.(err);
+          throw err;
+        },
+      )
+      .finally(() => {
+        this.writing = null;
+      });
+    return this.writing;
+  }
+
+  /** Writes everything buffered; rejects if the store stays unreachable for `timeoutMs`. */
+  async flush(timeoutMs = 5000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.buffer.length > 0 || this.writing) {
+      try {
+        await (this.writing ?? this.writeOnce());
+      } catch (err) {
+        if (Date.now() >= deadline) throw err;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+  }
+}
