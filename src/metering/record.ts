@@ -1,4 +1,5 @@
 import type { ModelConfig } from '../config/schema.js';
+import type { Admission } from '../limits/limiter.js';
 import type { TokenUsage } from '../proxy/usage.js';
 
 /** One metered request (SPEC section 8). */
@@ -50,6 +51,8 @@ export class RequestTrace {
   ttftMs: number | null = null;
   /** Gateway time up to the response headers, excluding the upstream. */
   overheadMs: number | null = null;
+  /** The limiter's admission, settled by the observer once the outcome is known. */
+  admission: Admission | null = null;
 
   constructor(
     readonly route: string,

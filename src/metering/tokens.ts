@@ -33,3 +33,8 @@ function collectText(content: unknown, into: string[]): void {
     }
   }
 }
+
+/** Loads the encoder's tables now, so the first request does not stall the event loop doing it. */
+export function warmUpTokenizer(): void {
+  countTokens('warm up');
+}

@@ -1,12 +1,13 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Context } from 'hono';
 import { GatewayError, invalidRequest } from '../errors/gateway-error.js';
+import type { Limiter } from '../limits/limiter.js';
 import { countPromptTokens } from '../metering/tokens.js';
 import type { AppEnv } from '../server/env.js';
 import { readBody } from '../server/read-body.js';
 import type { Router, UpstreamResponse } from '../upstream/router.js';
 import type { Upstream } from '../upstream/upstream.js';
-import { type ChatRequest, checkOutputLimit, parseChatRequest } from './chat-request.js';
+import { type ChatRequest, checkOutputLimit, parseChatRequest, requestedOutput } from './chat-request.js';
 import type { ModelIndex } from './model-index.js';
 import { type Sink, sinkFor } from './sink.js';
 import { SseRelay } from './sse-relay.js';
@@ -15,6 +16,8 @@ import { extractUsage } from './usage.js';
 
 export interface ChatDeps {
   bodyLimitBytes: number;
+  limiter: Limiter;
+  defaultOutputReservation: number;
   models: ModelIndex;
   router: Router;
   /** Interval of `: keep-alive` comments while a stream waits for its first byte. */
@@ -65,7 +68,17 @@ export function chatCompletions(deps: ChatDeps) {
     checkOutputLimit(req, model);
     const stream = req.stream === true;
     trace.stream = stream;
-    if (stream) trace.promptEstimate = () => countPromptTokens(req.messages);
+    const promptTokens = memo(() => countPromptTokens(req.messages));
+    if (stream) trace.promptEstimate = promptTokens;
+
+    const admission = await deps.limiter.admit(c.var.principal, {
+      model,
+      promptTokens,
+      outputTokens: (req.n ?? 1) * (requestedOutput(req) ?? deps.defaultOutputReservation),
+      hit: false,
+    });
+    trace.admission = admission;
+    Object.assign(c.var.responseHeaders, admission.headers);
 
     const sink = sinkFor(c);
     const abort = new AbortController();
@@ -257,4 +270,17 @@ function clientGone(sink: Sink, trace: AppEnv['Variables']['trace']): Response {
 function isTimeoutError(err: unknown): boolean {
   const code = (err as { code?: string } | null)?.code;
   return code === 'UND_ERR_BODY_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT';
+}
+
+/** Computes once, on first use. */
+function memo<T>(f: () => T): () => T {
+  let done = false;
+  let value: T;
+  return () => {
+    if (!done) {
+      value = f();
+      done = true;
+    }
+    return value;
+  };
 }

@@ -12,6 +12,7 @@ import { GatewayError } from '../errors/gateway-error.js';
 import type { KeyAdmin } from '../keys/key-admin.js';
 import type { KeyService } from '../keys/key-service.js';
 import type { KeyStore } from '../keys/store.js';
+import type { Limiter } from '../limits/limiter.js';
 import { RequestTrace } from '../metering/record.js';
 import type { UsageStore } from '../metering/usage-store.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -37,8 +38,7 @@ export interface AppDeps {
   observer: Observer;
   health: Health;
   usageStore: UsageStore;
-  /** Extra detail for `GET /admin/keys/{id}` and `GET /me` (spend, remaining limits). */
-  keyStatus?: (keyId: string) => Promise<Record<string, unknown>>;
+  limiter: Limiter;
   /** Test hook: keep-alive interval for streams waiting on their first byte. */
   keepAliveMs?: number;
 }
@@ -115,6 +115,8 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     bodyLimitBytes: config.server.bodyLimitBytes,
     models: deps.models,
     router: deps.router,
+    limiter: deps.limiter,
+    defaultOutputReservation: config.metering.defaultOutputReservation,
     ...(deps.keepAliveMs !== undefined && { keepAliveMs: deps.keepAliveMs }),
   });
   for (const path of [
@@ -132,7 +134,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.route('/v1/models', modelRoutes(deps.models));
   app.get('/me', auth, async (c) => {
     const { key } = c.var.principal;
-    const status = deps.keyStatus ? await deps.keyStatus(key.id) : {};
+    const status = await deps.limiter.status(c.var.principal);
     return c.json({
       id: key.id,
       name: key.name,
@@ -151,7 +153,12 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     '/keys',
     keyRoutes({
       admin: deps.keyAdmin,
-      ...(deps.keyStatus && { status: deps.keyStatus }),
+      status: async (id) => {
+        const key = await deps.keyStore.get(id);
+        if (!key) return {};
+        const team = key.team === null ? null : await deps.keys.team(key.team);
+        return deps.limiter.status({ key, team });
+      },
       onRevoked: (k) => deps.metrics?.forgetKey(k.name),
     }),
   );

@@ -5,7 +5,11 @@ import { MemoryKeyStore } from '../keys/memory-store.js';
 import { RedisKeyStore } from '../keys/redis-store.js';
 import type { KeyStore } from '../keys/store.js';
 import type { KeyRecord } from '../keys/types.js';
+import { Limiter } from '../limits/limiter.js';
+import { MemoryLimitStore } from '../limits/memory-limit-store.js';
+import { RedisLimitStore } from '../limits/redis-limit-store.js';
 import { RedisUsageStore } from '../metering/redis-usage-store.js';
+import { warmUpTokenizer } from '../metering/tokens.js';
 import { MemoryUsageStore, type UsageStore } from '../metering/usage-store.js';
 import { UsageWriter } from '../metering/usage-writer.js';
 import { Metrics } from '../metrics/metrics.js';
@@ -61,6 +65,14 @@ export function buildRuntime(config: Config, logger: Logger): Runtime {
       logger.warn({ err: err.message }, 'usage write failed; will retry');
     },
   });
+  const limiter = new Limiter(redis ? new RedisLimitStore(redis, prefix) : null, new MemoryLimitStore(), {
+    defaults: config.limits.defaults,
+    failMode: config.limits.failMode,
+    deadlineMs: config.redis?.commandTimeoutMs ?? 100,
+    metrics,
+    logger,
+  });
+  warmUpTokenizer();
   const health: Health = {
     draining: false,
     ready: () => redis === null || config.limits.failMode === 'open' || redis.status === 'ready',
@@ -79,7 +91,9 @@ export function buildRuntime(config: Config, logger: Logger): Runtime {
     redis,
     usage,
     usageStore,
+    limiter,
     async close() {
+      limiter.close();
       await usage.close();
       await Promise.allSettled([...upstreams.values()].map((u) => u.pool.close()));
       await keyStore.close();

@@ -30,6 +30,7 @@ export class Observer {
     const model = trace.model;
     const { usage, estimated } = settledUsage(trace);
     const cost = model && usage && !trace.cacheHit ? costOf(usage, model.pricing) : 0;
+    trace.admission?.settle(usage && !trace.cacheHit ? usage.promptTokens + usage.completionTokens : 0, cost);
     const team = key?.team ?? '';
     const m = this.metrics;
     if (m) {

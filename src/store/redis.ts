@@ -41,17 +41,32 @@ function parseNode(s: string): { host: string; port: number } {
   return { host: u.hostname, port: Number(u.port || 6379) };
 }
 
-/** Rejects with a timeout error when `p` has not settled within `ms`. */
+/**
+ * Rejects with a timeout error when `p` has not settled within `ms`. When the timer fires, the
+ * rejection waits one turn of the event loop (setImmediate runs after the I/O poll), so a reply
+ * that arrived while the loop was busy still wins over a deadline that only looks missed.
+ */
 export function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`store deadline of ${ms} ms exceeded`)), ms);
+    let settled = false;
+    const t = setTimeout(() => {
+      setImmediate(() => {
+        if (settled) return;
+        settled = true;
+        reject(new Error(`store deadline of ${ms} ms exceeded`));
+      });
+    }, ms);
     p.then(
       (v) => {
         clearTimeout(t);
+        if (settled) return;
+        settled = true;
         resolve(v);
       },
       (e: unknown) => {
         clearTimeout(t);
+        if (settled) return;
+        settled = true;
         reject(e);
       },
     );

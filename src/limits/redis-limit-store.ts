@@ -1,0 +1,183 @@
+import type { RedisClient } from '../store/redis.js';
+import type {
+  AdmitInput,
+  AdmitResult,
+  BucketView,
+  Dimension,
+  LimitStore,
+  SettleInput,
+  SpendView,
+} from './types.js';
+
+// Five keys per dimension, all under the request's hash tag (one Cluster slot):
+// bucket state hash, lease zset (member "<lease>|<reserved nano-USD>", score = expiry),
+// and spend counters for the day, the month and all time.
+const KEYS_PER_DIM = 5;
+
+// Admission: every dimension is checked first and only if all admit is anything written,
+// so a refusal consumes nothing anywhere. Buckets refill continuously (capacity = limit per
+// minute). Numbers go back as strings because Redis truncates Lua numbers to integers.
+const ADMIT = `
+local now, member, need, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local hit = ARGV[5] == '1'
+local ndim = #KEYS / ${KEYS_PER_DIM}
+local rs, ts = {}, {}
+for d = 0, ndim - 1 do
+  local k, a = d * ${KEYS_PER_DIM}, 6 + d * 5
+  local rpm, tpm, maxc, budget = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local st = redis.call('HMGET', KEYS[k + 1], 'r', 'rt', 't', 'tt')
+  if rpm >= 0 then
+    local r = tonumber(st[1])
+    if r == nil then r = rpm else r = math.min(rpm, r + (now - tonumber(st[2])) * rpm / 60000) end
+    if r < 1 then return {0, d, 'rpm', tostring(rpm), tostring(r)} end
+    rs[d] = r
+  end
+  if tpm >= 0 then
+    local t = tonumber(st[3])
+    if t == nil then t = tpm else t = math.min(tpm, t + (now - tonumber(st[4])) * tpm / 60000) end
+    if not hit then
+      if need > tpm then return {0, d, 'tpm_never', tostring(tpm), tostring(t)} end
+      if t < need then return {0, d, 'tpm', tostring(tpm), tostring(t)} end
+    end
+    ts[d] = t
+  end
+  local leases = KEYS[k + 2]
+  redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+  if maxc >= 0 then
+    local n = redis.call('ZCARD', leases)
+    if n >= maxc then return {0, d, 'concurrency', tostring(maxc), tostring(n)} end
+  end
+  if budget >= 0 and not hit then
+    local pk = KEYS[k + 3]
+    if ARGV[a + 4] == 'month' then pk = KEYS[k + 4] elseif ARGV[a + 4] == 'total' then pk = KEYS[k + 5] end
+    local used = tonumber(redis.call('GET', pk) or '0')
+    for _, m in ipairs(redis.call('ZRANGE', leases, 0, -1)) do
+      used = used + tonumber(string.match(m, '|(%d+)$') or '0')
+    end
+    if used >= budget then return {0, d, 'budget', tostring(budget), tostring(used)} end
+  end
+end
+local out = {1}
+for d = 0, ndim - 1 do
+  local k = d * ${KEYS_PER_DIM}
+  local r, t = rs[d], ts[d]
+  if r ~= nil then r = r - 1; redis.call('HSET', KEYS[k + 1], 'r', tostring(r), 'rt', now) end
+  if t ~= nil then
+    if not hit then t = t - need end
+    redis.call('HSET', KEYS[k + 1], 't', tostring(t), 'tt', now)
+  end
+  if r ~= nil or t ~= nil then redis.call('PEXPIRE', KEYS[k + 1], 3600000) end
+  redis.call('ZADD', KEYS[k + 2], now + ttl, member)
+  redis.call('PEXPIRE', KEYS[k + 2], ttl * 2)
+  table.insert(out, r == nil and '' or tostring(r))
+  table.insert(out, t == nil and '' or tostring(t))
+end
+return out
+`;
+
+// Settlement: tokens corrected by the real usage (refund or charge), the lease released,
+// the real cost added to the spend counters.
+const SETTLE = `
+local now, member, delta, cost = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local ndim = #KEYS / ${KEYS_PER_DIM}
+for d = 0, ndim - 1 do
+  local k = d * ${KEYS_PER_DIM}
+  local tpm = tonumber(ARGV[5 + d])
+  if tpm >= 0 and delta ~= 0 then
+    local st = redis.call('HMGET', KEYS[k + 1], 't', 'tt')
+    local t = tonumber(st[1])
+    if t ~= nil then
+      t = math.min(tpm, t + (now - tonumber(st[2])) * tpm / 60000 - delta)
+      redis.call('HSET', KEYS[k + 1], 't', tostring(t), 'tt', now)
+    end
+  end
+  redis.call('ZREM', KEYS[k + 2], member)
+  if cost > 0 then
+    redis.call('INCRBY', KEYS[k + 3], cost)
+    redis.call('EXPIRE', KEYS[k + 3], 172800)
+    redis.call('INCRBY', KEYS[k + 4], cost)
+    redis.call('EXPIRE', KEYS[k + 4], 3456000)
+    redis.call('INCRBY', KEYS[k + 5], cost)
+  end
+end
+return 1
+`;
+
+type Scripted = RedisClient & {
+  tollgateAdmit(...args: (string | number)[]): Promise<(string | number)[]>;
+  tollgateSettle(...args: (string | number)[]): Promise<number>;
+};
+
+/** Limits in Redis: one Lua call to admit, one to settle, shared by every instance. */
+export class RedisLimitStore implements LimitStore {
+  private readonly redis: Scripted;
+
+  constructor(
+    redis: RedisClient,
+    private readonly prefix: string,
+  ) {
+    redis.defineCommand('tollgateAdmit', { lua: ADMIT });
+    redis.defineCommand('tollgateSettle', { lua: SETTLE });
+    this.redis = redis as Scripted;
+  }
+
+  private keys(dims: Dimension[], day: string, month: string): string[] {
+    return dims.flatMap((d) => {
+      const base = `{${this.prefix}lim:${d.tag}}:${d.id}`;
+      return [`${base}:b`, `${base}:l`, `${base}:sd:${day}`, `${base}:sm:${month}`, `${base}:st`];
+    });
+  }
+
+  async admit(i: AdmitInput): Promise<AdmitResult> {
+    const member = `${i.leaseId}|${i.costNano}`;
+    const keys = this.keys(i.dims, i.day, i.month);
+    const args: (string | number)[] = [i.now, member, i.tokens, i.leaseTtlMs, i.hit ? '1' : '0'];
+    for (const d of i.dims)
+      args.push(d.rpm ?? -1, d.tpm ?? -1, d.maxConcurrent ?? -1, d.budgetNano ?? -1, d.period);
+    const res = await this.redis.tollgateAdmit(keys.length, ...keys, ...args);
+    if (Number(res[0]) !== 1) {
+      return {
+        ok: false,
+        dim: Number(res[1]),
+        limit: String(res[2]) as 'rpm',
+        capacity: Number(res[3]),
+        level: Number(res[4]),
+      };
+    }
+    const views: BucketView[] = i.dims.map((d, n) => {
+      const r = res[1 + n * 2];
+      const t = res[2 + n * 2];
+      return {
+        requests: d.rpm === null || r === '' ? null : { limit: d.rpm, remaining: Number(r) },
+        tokens: d.tpm === null || t === '' ? null : { limit: d.tpm, remaining: Number(t) },
+      };
+    });
+    return { ok: true, views, lease: member };
+  }
+
+  async settle(s: SettleInput): Promise<void> {
+    const keys = this.keys(s.dims, s.day, s.month);
+    await this.redis.tollgateSettle(
+      keys.length,
+      ...keys,
+      s.now,
+      s.lease,
+      s.tokenDelta,
+      s.costNano,
+      ...s.dims.map((d) => d.tpm ?? -1),
+    );
+  }
+
+  async renew(dims: Dimension[], lease: string, expiresAt: number): Promise<void> {
+    const keys = this.keys(dims, '', '');
+    await Promise.all(
+      dims.map((_, n) => this.redis.zadd(keys[n * KEYS_PER_DIM + 1]!, 'XX', expiresAt, lease)),
+    );
+  }
+
+  async spend(dim: Dimension, day: string, month: string): Promise<SpendView> {
+    const k = this.keys([dim], day, month);
+    const [d, m, t] = await this.redis.mget(k[2]!, k[3]!, k[4]!);
+    return { day: Number(d ?? 0), month: Number(m ?? 0), total: Number(t ?? 0) };
+  }
+}

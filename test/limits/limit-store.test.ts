@@ -1,0 +1,161 @@
+import { randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { afterAll, describe, expect, inject, it } from 'vitest';
+import { MemoryLimitStore } from '../../src/limits/memory-limit-store.js';
+import { RedisLimitStore } from '../../src/limits/redis-limit-store.js';
+import type { AdmitInput, Dimension, LimitStore } from '../../src/limits/types.js';
+
+const redis = new Redis(inject('redisUrl'));
+afterAll(() => redis.quit());
+
+const dim = (over: Partial<Dimension> = {}): Dimension => ({
+  id: `key:${randomBytes(4).toString('hex')}`,
+  kind: 'key',
+  name: 'k',
+  tag: 't:x',
+  rpm: null,
+  tpm: null,
+  maxConcurrent: null,
+  budgetNano: null,
+  period: 'total',
+  ...over,
+});
+
+let n = 0;
+const input = (dims: Dimension[], over: Partial<AdmitInput> = {}): AdmitInput => ({
+  dims,
+  now: 1_000_000,
+  day: '2026-11-25',
+  month: '2026-11',
+  leaseId: `lease-${n++}`,
+  leaseTtlMs: 60_000,
+  tokens: 0,
+  costNano: 0,
+  hit: false,
+  ...over,
+});
+
+// The same algorithm runs in Lua (shared) and in memory (single instance, fallback): both must agree.
+describe.each([
+  ['redis', () => new RedisLimitStore(redis, `test:lim:${randomBytes(4).toString('hex')}:`) as LimitStore],
+  ['memory', () => new MemoryLimitStore() as LimitStore],
+])('%s limit store', (_name, make) => {
+  it('token bucket: capacity = limit, continuous refill, never a double burst', async () => {
+    const s = make();
+    const d = dim({ rpm: 60 });
+    let ok = 0;
+    for (let i = 0; i < 100; i++) if ((await s.admit(input([d]))).ok) ok++;
+    expect(ok).toBe(60);
+    // 1 s later exactly one more token has dripped in.
+    expect((await s.admit(input([d], { now: 1_001_000 }))).ok).toBe(true);
+    expect((await s.admit(input([d], { now: 1_001_000 }))).ok).toBe(false);
+    // A full minute refills to capacity, not beyond it.
+    let later = 0;
+    for (let i = 0; i < 200; i++) if ((await s.admit(input([d], { now: 1_200_000 }))).ok) later++;
+    expect(later).toBe(60);
+  });
+
+  it('all or nothing: a refusal by one dimension consumes nothing from the others', async () => {
+    const s = make();
+    const key = dim({ rpm: 10 });
+    const team = dim({ kind: 'team', rpm: 1 });
+    expect((await s.admit(input([key, team]))).ok).toBe(true);
+    for (let i = 0; i < 5; i++) {
+      const r = await s.admit(input([key, team]));
+      expect(r).toMatchObject({ ok: false, dim: 1, limit: 'rpm' });
+    }
+    // The key bucket still has 9 left: the team refusals took nothing from it.
+    let ok = 0;
+    for (let i = 0; i < 20; i++) if (await s.admit(input([key])).then((r) => r.ok)) ok++;
+    expect(ok).toBe(9);
+  });
+
+  it('reserves tokens, settles them against real usage, refuses what can never fit', async () => {
+    const s = make();
+    const d = dim({ tpm: 1000 });
+    const a = await s.admit(input([d], { tokens: 600 }));
+    expect(a.ok && a.views[0]?.tokens?.remaining).toBe(400);
+    expect((await s.admit(input([d], { tokens: 600 }))).ok).toBe(false);
+    // The first request used only 100: 500 come back.
+    await s.settle({
+      dims: [d],
+      now: 1_000_000,
+      day: '2026-11-25',
+      month: '2026-11',
+      lease: a.ok ? a.lease : '',
+      tokenDelta: -500,
+      costNano: 0,
+    });
+    const b = await s.admit(input([d], { tokens: 600 }));
+    expect(b.ok && b.views[0]?.tokens?.remaining).toBe(300);
+    expect(await s.admit(input([d], { tokens: 1001 }))).toMatchObject({ ok: false, limit: 'tpm_never' });
+    // A cache hit takes no tokens.
+    expect((await s.admit(input([d], { tokens: 0, hit: true }))).ok).toBe(true);
+  });
+
+  it('concurrency slots are leases: released on settle, expired after their TTL', async () => {
+    const s = make();
+    const d = dim({ maxConcurrent: 2 });
+    const a = await s.admit(input([d]));
+    await s.admit(input([d]));
+    expect(await s.admit(input([d]))).toMatchObject({ ok: false, limit: 'concurrency', level: 2 });
+    await s.settle({
+      dims: [d],
+      now: 1_000_000,
+      day: '',
+      month: '',
+      lease: a.ok ? a.lease : '',
+      tokenDelta: 0,
+      costNano: 0,
+    });
+    expect((await s.admit(input([d]))).ok).toBe(true);
+    // A crashed instance's leases run out after 60 s.
+    expect((await s.admit(input([d], { now: 1_060_001 }))).ok).toBe(true);
+  });
+
+  it('budgets count spend plus in-flight reservations, per period', async () => {
+    const s = make();
+    const d = dim({ budgetNano: 1000, period: 'day' });
+    const a = await s.admit(input([d], { costNano: 600 }));
+    // 600 in flight: still under 1000, so one more may start; then 1200 reserved refuses.
+    const b = await s.admit(input([d], { costNano: 600 }));
+    expect(b.ok).toBe(true);
+    expect(await s.admit(input([d], { costNano: 1 }))).toMatchObject({ ok: false, limit: 'budget' });
+    for (const x of [a, b]) {
+      await s.settle({
+        dims: [d],
+        now: 1_000_000,
+        day: '2026-11-25',
+        month: '2026-11',
+        lease: x.ok ? x.lease : '',
+        tokenDelta: 0,
+        costNano: 400,
+      });
+    }
+    expect(await s.spend(d, '2026-11-25', '2026-11')).toEqual({ day: 800, month: 800, total: 800 });
+    expect((await s.admit(input([d], { costNano: 100 }))).ok).toBe(true);
+    // The next day starts fresh.
+    expect((await s.admit(input([d], { day: '2026-11-26', costNano: 100 }))).ok).toBe(true);
+  });
+});
+
+it('keeps every key of one admission in one Redis Cluster slot', async () => {
+  const prefix = `test:slot:${randomBytes(4).toString('hex')}:`;
+  const s = new RedisLimitStore(redis, prefix);
+  const key = dim({ tag: 't:team1', rpm: 5, budgetNano: 10, period: 'day' });
+  const team = dim({ kind: 'team', tag: 't:team1', rpm: 5, maxConcurrent: 3 });
+  const a = await s.admit(input([key, team], { costNano: 1 }));
+  await s.settle({
+    dims: [key, team],
+    now: 1_000_000,
+    day: '2026-11-25',
+    month: '2026-11',
+    lease: a.ok ? a.lease : '',
+    tokenDelta: 0,
+    costNano: 5,
+  });
+  const keys = await redis.keys(`*${prefix}*`);
+  expect(keys.length).toBeGreaterThanOrEqual(4);
+  // Redis Cluster hashes only the part inside the first {...}: one tag, one slot.
+  expect(new Set(keys.map((k) => /\{([^}]*)\}/.exec(k)?.[1]))).toEqual(new Set([`${prefix}lim:t:team1`]));
+});
