@@ -32,7 +32,8 @@ export function keyRoutes(deps: KeyRoutesDeps): Hono<AdminEnv> {
   app.get('/:id', async (c) => {
     const key = await deps.admin.visible(c.var.actor, c.req.param('id'));
     const status = deps.status ? await deps.status(key.id) : {};
-    return c.json({ ...publicKey(key), ...status });
+    // The key's own fields are the contract: status details never overwrite them.
+    return c.json({ ...status, ...publicKey(key) });
   });
 
   app.patch('/:id', async (c) => {

@@ -71,7 +71,8 @@ export class KeyService {
     const now = this.now();
     const cached = this.byHash.get(hash);
     const ttl = cached?.value ? POSITIVE_TTL_MS : NEGATIVE_TTL_MS;
-    if (cached && now - cached.at < ttl) return cached.value;
+    // Without live change notifications a cached key might have been revoked elsewhere: ask the store.
+    if (cached && now - cached.at < ttl && this.store.live) return cached.value;
     try {
       const value = await this.store.getByHash(hash);
       if (this.byHash.size >= MAX_ENTRIES) this.byHash.clear();
@@ -86,7 +87,7 @@ export class KeyService {
   async team(name: string): Promise<TeamRecord | null> {
     const now = this.now();
     const cached = this.teams.get(name);
-    if (cached && now - cached.at < POSITIVE_TTL_MS) return cached.value;
+    if (cached && now - cached.at < POSITIVE_TTL_MS && this.store.live) return cached.value;
     try {
       const value = await this.store.getTeam(name);
       this.teams.set(name, { value, at: now });

@@ -12,6 +12,8 @@ export class MemoryKeyStore implements KeyStore {
   private readonly teams = new Map<string, TeamRecord>();
   private readonly audit: AuditEntry[] = [];
   private readonly listeners: ((id: string) => void)[] = [];
+  /** One process: every change is seen at once. */
+  readonly live = true;
 
   async getByHash(sha256: string): Promise<KeyRecord | null> {
     const id = this.byHash.get(sha256);

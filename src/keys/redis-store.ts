@@ -12,19 +12,45 @@ const AUDIT_MAXLEN = 100000;
 export class RedisKeyStore implements KeyStore {
   private readonly listeners: ((id: string) => void)[] = [];
   private readonly channel: string;
+  private subscribed = false;
 
   constructor(
     private readonly redis: RedisClient,
-    subscriber: RedisClient,
+    private readonly subscriber: RedisClient,
     private readonly prefix: string,
   ) {
     this.channel = `${prefix}keys:invalidate`;
     subscriber.on('message', (ch: string, id: string) => {
       if (ch === this.channel) this.emit(id);
     });
-    // After a reconnect we may have missed messages: drop everything cached.
-    subscriber.on('ready', () => this.emit('*'));
-    void subscriber.subscribe(this.channel).catch(() => {});
+    // The client has no offline queue, so SUBSCRIBE must wait until the connection is ready,
+    // and is repeated after every reconnect. Until it is confirmed, invalidations may be missed:
+    // `live` is false meanwhile (callers do not trust their caches), and everything cached is
+    // dropped once it is confirmed.
+    const lost = (): void => {
+      this.subscribed = false;
+    };
+    subscriber.on('close', lost);
+    subscriber.on('end', lost);
+    subscriber.on('ready', () => this.subscribe());
+    if (subscriber.status === 'ready') this.subscribe();
+  }
+
+  private subscribe(): void {
+    this.subscriber.subscribe(this.channel).then(
+      () => {
+        this.subscribed = true;
+        this.emit('*');
+      },
+      () => {
+        this.subscribed = false;
+      },
+    );
+  }
+
+  /** True while change notifications are being received, so local caches may be trusted. */
+  get live(): boolean {
+    return this.subscribed && this.subscriber.status === 'ready';
   }
 
   private k(s: string): string {

@@ -15,6 +15,11 @@ export interface KeyStore {
   listTeams(): Promise<TeamRecord[]>;
   appendAudit(entry: AuditEntry): Promise<void>;
   listAudit(opts: { limit: number; cursor?: string }): Promise<Page<AuditEntry>>;
+  /**
+   * Whether change notifications are currently arriving. While false, a local cache could miss a
+   * revocation and must not be trusted (it may still serve when the store itself is unreachable).
+   */
+  readonly live: boolean;
   /** Called with a key id (or '*') whenever any instance changes a key, so local caches drop it. */
   onInvalidate(listener: (id: string) => void): void;
   close(): Promise<void>;

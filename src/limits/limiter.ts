@@ -9,7 +9,7 @@ import type { Logger } from '../server/logger.js';
 import { withDeadline } from '../store/redis.js';
 import { goDuration } from './duration.js';
 import type { MemoryLimitStore } from './memory-limit-store.js';
-import type { AdmitResult, BucketView, Dimension, LimitStore, SpendView } from './types.js';
+import type { AdmitResult, BucketView, Dimension, LimitStore, PeekView, SpendView } from './types.js';
 
 const LEASE_TTL_MS = 60_000;
 const RENEW_EVERY_MS = 20_000;
@@ -28,6 +28,23 @@ export interface Admission {
   headers: Record<string, string>;
   /** Settles against the real usage (null: none known) and frees the concurrency slot. Idempotent. */
   settle(tokens: number | null, costUsd: number): void;
+}
+
+/** Limits, spend and remaining of one dimension. */
+export interface DimensionStatus {
+  limits: { rpm: number | null; tpm: number | null; maxConcurrent: number | null };
+  budget: { usd: number; period: string } | null;
+  spend: { dayUsd: number; monthUsd: number; totalUsd: number };
+  remaining: {
+    requests: number | null;
+    tokens: number | null;
+    concurrent: number | null;
+    budgetUsd: number | null;
+  };
+}
+
+export interface KeyStatus extends DimensionStatus {
+  team: DimensionStatus | null;
 }
 
 interface Active {
@@ -174,29 +191,37 @@ export class Limiter {
     };
   }
 
-  /** Spend and remaining budget per dimension, for `/me` and the admin key view. */
-  async status(p: Authenticated): Promise<Record<string, unknown>> {
-    const dims = this.dimensions(p.key, p.team);
-    const { day, month } = periods(Date.now());
-    const store = this.shared ?? this.local;
-    const out: Record<string, unknown> = {};
-    for (const d of dims) {
-      let spend: SpendView;
-      try {
-        spend = await withDeadline(store.spend(d, day, month), 5000);
-      } catch {
-        spend = await this.local.spend(d, day, month);
-      }
-      const current = spend[d.period];
-      out[d.kind] = {
-        name: d.name,
-        limits: { rpm: d.rpm, tpm: d.tpm, maxConcurrent: d.maxConcurrent },
-        budget: d.budgetNano === null ? null : { usd: d.budgetNano / 1e9, period: d.period },
-        spend: { dayUsd: spend.day / 1e9, monthUsd: spend.month / 1e9, totalUsd: spend.total / 1e9 },
-        remainingUsd: d.budgetNano === null ? null : Math.max(0, d.budgetNano - current) / 1e9,
-      };
+  /**
+   * A key's effective limits, current-period spend and what remains, for itself and its team
+   * (`GET /me`, `GET /admin/keys/{id}`). Reads only; takes nothing from any bucket.
+   */
+  async status(p: Authenticated): Promise<KeyStatus> {
+    const [key, team] = await Promise.all(this.dimensions(p.key, p.team).map((d) => this.dimensionStatus(d)));
+    return { ...key!, team: team ?? null };
+  }
+
+  private async dimensionStatus(d: Dimension): Promise<DimensionStatus> {
+    const now = Date.now();
+    const { day, month } = periods(now);
+    const read = async (store: LimitStore) => Promise.all([store.spend(d, day, month), store.peek(d, now)]);
+    let spend: SpendView;
+    let peek: PeekView;
+    try {
+      [spend, peek] = this.shared ? await withDeadline(read(this.shared), 5000) : await read(this.local);
+    } catch {
+      [spend, peek] = await read(this.local);
     }
-    return out;
+    return {
+      limits: { rpm: d.rpm, tpm: d.tpm, maxConcurrent: d.maxConcurrent },
+      budget: d.budgetNano === null ? null : { usd: d.budgetNano / 1e9, period: d.period },
+      spend: { dayUsd: spend.day / 1e9, monthUsd: spend.month / 1e9, totalUsd: spend.total / 1e9 },
+      remaining: {
+        requests: peek.requests === null ? null : Math.max(0, Math.floor(peek.requests)),
+        tokens: peek.tokens === null ? null : Math.max(0, Math.floor(peek.tokens)),
+        concurrent: d.maxConcurrent === null ? null : Math.max(0, d.maxConcurrent - peek.inUse),
+        budgetUsd: d.budgetNano === null ? null : Math.max(0, d.budgetNano - spend[d.period]) / 1e9,
+      },
+    };
   }
 
   private renew(): void {

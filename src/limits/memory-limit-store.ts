@@ -4,6 +4,7 @@ import type {
   BucketView,
   Dimension,
   LimitStore,
+  PeekView,
   SettleInput,
   SpendView,
 } from './types.js';
@@ -104,6 +105,17 @@ export class MemoryLimitStore implements LimitStore {
       const s = this.get(d.id);
       if (s.leases.has(lease)) s.leases.set(lease, expiresAt);
     }
+  }
+
+  async peek(dim: Dimension, now: number): Promise<PeekView> {
+    const s = this.get(dim.id);
+    let inUse = 0;
+    for (const exp of s.leases.values()) if (exp > now) inUse++;
+    return {
+      requests: dim.rpm === null ? null : refill(s.r, s.rt, dim.rpm, now),
+      tokens: dim.tpm === null ? null : refill(s.t, s.tt, dim.tpm, now),
+      inUse,
+    };
   }
 
   async spend(dim: Dimension, day: string, month: string): Promise<SpendView> {

@@ -5,6 +5,7 @@ import type {
   BucketView,
   Dimension,
   LimitStore,
+  PeekView,
   SettleInput,
   SpendView,
 } from './types.js';
@@ -175,9 +176,32 @@ export class RedisLimitStore implements LimitStore {
     );
   }
 
+  async peek(dim: Dimension, now: number): Promise<PeekView> {
+    const k = this.keys([dim], '', '');
+    const [st, inUse] = await Promise.all([
+      this.redis.hmget(k[0]!, 'r', 'rt', 't', 'tt'),
+      this.redis.zcount(k[1]!, now, '+inf'),
+    ]);
+    return {
+      requests: dim.rpm === null ? null : level(st[0], st[1], dim.rpm, now),
+      tokens: dim.tpm === null ? null : level(st[2], st[3], dim.tpm, now),
+      inUse,
+    };
+  }
+
   async spend(dim: Dimension, day: string, month: string): Promise<SpendView> {
     const k = this.keys([dim], day, month);
     const [d, m, t] = await this.redis.mget(k[2]!, k[3]!, k[4]!);
     return { day: Number(d ?? 0), month: Number(m ?? 0), total: Number(t ?? 0) };
   }
+}
+
+function level(
+  value: string | null | undefined,
+  at: string | null | undefined,
+  cap: number,
+  now: number,
+): number {
+  if (value === null || value === undefined) return cap;
+  return Math.min(cap, Number(value) + ((now - Number(at)) * cap) / 60000);
 }

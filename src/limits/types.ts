@@ -74,4 +74,12 @@ export interface LimitStore {
   /** Extends the leases of requests still running. */
   renew(dims: Dimension[], lease: string, expiresAt: number): Promise<void>;
   spend(dim: Dimension, day: string, month: string): Promise<SpendView>;
+  /** Bucket levels and slots in use right now, without taking anything. */
+  peek(dim: Dimension, now: number): Promise<PeekView>;
+}
+
+export interface PeekView {
+  requests: number | null;
+  tokens: number | null;
+  inUse: number;
 }

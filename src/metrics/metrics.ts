@@ -9,6 +9,16 @@ const OVERHEAD_BUCKETS = [
 
 export type LimitName = 'rpm' | 'tpm' | 'concurrency' | 'budget';
 
+/** The store operations whose failures are counted (limiter, usage writer, response cache). */
+const KNOWN_STORE_OPS: [string, string][] = [
+  ['limits', 'admit'],
+  ['limits', 'settle'],
+  ['limits', 'renew'],
+  ['usage', 'write'],
+  ['cache', 'get'],
+  ['cache', 'set'],
+];
+
 /** Every metric of SPEC section 9 in one registry, built once per process. */
 export class Metrics {
   readonly registry = new Registry();
@@ -139,6 +149,20 @@ export class Metrics {
       registers: r,
     });
     collectDefaultMetrics({ register: this.registry, prefix: p });
+    // prom-client's defaults include three gauges named like counters, which `promtool check
+    // metrics` rejects; their per-type gauges (nodejs_active_handles{type}, ...) remain.
+    for (const name of [
+      'nodejs_active_handles_total',
+      'nodejs_active_requests_total',
+      'nodejs_active_resources_total',
+    ]) {
+      this.registry.removeSingleMetric(`${p}${name}`);
+    }
+    // Series that alerts and dashboards divide by or alert on exist from the start, at 0: a
+    // counter born at its first increment makes `rate()` miss that increment and leaves panels
+    // empty ("No data") instead of showing zero.
+    for (const result of ['hit', 'miss', 'bypass', 'error']) this.cacheLookups.inc({ result }, 0);
+    for (const [store, op] of KNOWN_STORE_OPS) this.storeErrors.inc({ store, op }, 0);
   }
 
   /** The `key` label value: the key's name, or empty when key labels are off. */
@@ -150,8 +174,14 @@ export class Metrics {
    * Removes a revoked key's series. prom-client only removes exact label sets, so the key's
    * sets are found in the metric's own table (`hashMap`, stable across prom-client 12-15).
    */
-  forgetKey(key: string): void {
+  forgetKey(key: string, team?: string | null): void {
     if (!this.keyLabels) return;
+    // Key names are unique within a team only: with the team given, a same-named key of another
+    // team keeps its series. (The key's own budget gauge may carry an empty team label.)
+    const sameTeam = (m: unknown, labels: Record<string, string>): boolean =>
+      team === undefined ||
+      labels['team'] === (team ?? '') ||
+      (m === this.budgetRemaining && labels['team'] === '');
     for (const m of [
       this.requests,
       this.tokens,
@@ -162,7 +192,7 @@ export class Metrics {
     ]) {
       const table = (m as unknown as { hashMap: Record<string, { labels: Record<string, string> }> }).hashMap;
       for (const entry of Object.values(table)) {
-        if (entry.labels['key'] === key) m.remove(entry.labels as never);
+        if (entry.labels['key'] === key && sameTeam(m, entry.labels)) m.remove(entry.labels as never);
       }
     }
   }

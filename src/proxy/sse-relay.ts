@@ -18,6 +18,10 @@ export class SseRelay {
   events = 0;
   done = false;
   errorEvent = false;
+  /** A data event that is neither JSON-shaped nor [DONE]: the stream cannot be trusted. */
+  malformed = false;
+  /** Sees every complete part before the usage chunk is removed (the cache assembles from it). */
+  onEvents: ((part: Buffer) => void) | null = null;
   private pending: Buffer | null = null;
 
   constructor(private readonly keepUsageChunk: boolean) {}
@@ -44,10 +48,17 @@ export class SseRelay {
   }
 
   private scan(part: Buffer): Buffer {
+    this.onEvents?.(part);
+    if (!wellFormed(part)) {
+      this.malformed = true;
+      return EMPTY;
+    }
     if (part.indexOf(DONE) !== -1) this.done = true;
     if (part.indexOf(ERROR) !== -1) this.errorEvent = true;
     let n = 0;
-    for (let i = part.indexOf(DATA); i !== -1; i = part.indexOf(DATA, i + DATA.length)) n++;
+    for (let i = part.indexOf(DATA); i !== -1; i = part.indexOf(DATA, i + DATA.length)) {
+      if (i === 0 || part[i - 1] === LF) n++;
+    }
     if (this.done) n--;
     const usageAt = part.indexOf(USAGE);
     if (usageAt === -1) {
@@ -80,3 +91,27 @@ export class SseRelay {
 }
 
 const EMPTY = Buffer.alloc(0);
+const LF = 0x0a;
+const OPEN = 0x7b;
+const CLOSE = 0x7d;
+
+/**
+ * A cheap shape check of each data line (JSON object or [DONE]) without parsing it: catches
+ * garbage and truncated events; a perfectly balanced but invalid object would slip through.
+ */
+function wellFormed(part: Buffer): boolean {
+  for (let i = part.indexOf(DATA); i !== -1; i = part.indexOf(DATA, i + DATA.length)) {
+    if (i > 0 && part[i - 1] !== LF) continue;
+    let start = i + DATA.length;
+    if (part[start] === 0x20) start++;
+    let end = part.indexOf(LF, start);
+    if (end === -1) end = part.length;
+    if (part[end - 1] === 0x0d) end--;
+    if (part[start] === OPEN) {
+      if (part[end - 1] !== CLOSE) return false;
+    } else if (part.toString('latin1', start, end) !== '[DONE]') {
+      return false;
+    }
+  }
+  return true;
+}

@@ -7,6 +7,7 @@ import { teamRoutes } from '../admin/teams-routes.js';
 import { usageRoutes } from '../admin/usage-routes.js';
 import { clientAuth } from '../auth/client-auth.js';
 import { safeEqual } from '../auth/key-format.js';
+import type { ResponseCache } from '../cache/response-cache.js';
 import type { Config } from '../config/schema.js';
 import { GatewayError } from '../errors/gateway-error.js';
 import type { KeyAdmin } from '../keys/key-admin.js';
@@ -39,6 +40,7 @@ export interface AppDeps {
   health: Health;
   usageStore: UsageStore;
   limiter: Limiter;
+  cache: ResponseCache | null;
   /** Test hook: keep-alive interval for streams waiting on their first byte. */
   keepAliveMs?: number;
 }
@@ -116,6 +118,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     models: deps.models,
     router: deps.router,
     limiter: deps.limiter,
+    cache: deps.cache,
     defaultOutputReservation: config.metering.defaultOutputReservation,
     ...(deps.keepAliveMs !== undefined && { keepAliveMs: deps.keepAliveMs }),
   });
@@ -134,15 +137,17 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.route('/v1/models', modelRoutes(deps.models));
   app.get('/me', auth, async (c) => {
     const { key } = c.var.principal;
-    const status = await deps.limiter.status(c.var.principal);
+    const { limits, spend, remaining, team } = await deps.limiter.status(c.var.principal);
     return c.json({
       id: key.id,
       name: key.name,
       team: key.team,
       role: key.role,
-      limits: key.limits,
+      limits,
       budget: key.budget,
-      ...status,
+      spend,
+      remaining,
+      teamLimits: team,
     });
   });
 
@@ -157,7 +162,8 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
         const key = await deps.keyStore.get(id);
         if (!key) return {};
         const team = key.team === null ? null : await deps.keys.team(key.team);
-        return deps.limiter.status({ key, team });
+        const { limits, spend, remaining, team: teamStatus } = await deps.limiter.status({ key, team });
+        return { effectiveLimits: limits, spend, remaining, teamLimits: teamStatus };
       },
       onRevoked: (k) => deps.metrics?.forgetKey(k.name),
     }),

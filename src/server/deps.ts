@@ -1,3 +1,5 @@
+import { MemoryCacheStore, RedisCacheStore } from '../cache/cache-store.js';
+import { ResponseCache } from '../cache/response-cache.js';
 import type { Config } from '../config/schema.js';
 import { KeyAdmin } from '../keys/key-admin.js';
 import { KeyService } from '../keys/key-service.js';
@@ -72,6 +74,17 @@ export function buildRuntime(config: Config, logger: Logger): Runtime {
     metrics,
     logger,
   });
+  const cacheRedis = config.cache.redis ? createRedis(config.cache.redis) : redis;
+  const cache = config.cache.enabled
+    ? new ResponseCache(
+        cacheRedis
+          ? new RedisCacheStore(cacheRedis, config.cache.redis?.keyPrefix ?? prefix)
+          : new MemoryCacheStore(),
+        config.cache,
+        config.redis?.commandTimeoutMs ?? 100,
+        metrics,
+      )
+    : null;
   warmUpTokenizer();
   const health: Health = {
     draining: false,
@@ -92,12 +105,13 @@ export function buildRuntime(config: Config, logger: Logger): Runtime {
     usage,
     usageStore,
     limiter,
+    cache,
     async close() {
       limiter.close();
       await usage.close();
       await Promise.allSettled([...upstreams.values()].map((u) => u.pool.close()));
       await keyStore.close();
-      for (const c of [subscriber, redis]) {
+      for (const c of [subscriber, redis, cacheRedis === redis ? null : cacheRedis]) {
         if (c) await c.quit().catch(() => c.disconnect());
       }
     },

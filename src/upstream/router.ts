@@ -1,4 +1,5 @@
 import type { IncomingHttpHeaders } from 'node:http';
+import type { Readable } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { errors as undiciErrors } from 'undici';
 import type { Config, ModelConfig } from '../config/schema.js';
@@ -29,7 +30,8 @@ export type RetryReason =
   | 'status_429'
   | 'status_5xx'
   | 'status_auth'
-  | 'circuit_open';
+  | 'circuit_open'
+  | 'empty_stream';
 
 interface Candidate {
   upstream: Upstream;
@@ -150,8 +152,9 @@ export class Router {
         breaker.failure();
         const timeout = isTimeout(err);
         this.events.upstreamResult(u.name, model.id, timeout ? 'timeout' : 'error', seconds);
-        if (timeout && !opts.stream) {
+        if (timeout && !opts.stream && !(err instanceof undiciErrors.ConnectTimeoutError)) {
           // A non-streamed request gets its first byte only at the end; the client has waited enough.
+          // (A connect timeout is different: nothing reached the upstream, so the next route is tried.)
           throw new GatewayError('upstream_timeout', 'The upstream did not answer in time.');
         }
         last = timeout
@@ -160,9 +163,32 @@ export class Router {
         this.events.retry(u.name, timeout ? 'timeout' : 'connect_error');
         continue;
       }
-      const upstreamMs = performance.now() - started;
+      // Until the caller reads the body, a failure on it must not become an uncaught 'error'
+      // event (undici also emits one when a body is destroyed unread); readers still see it.
+      res.body.on('error', noop);
+      let upstreamMs = performance.now() - started;
       const status = res.statusCode;
       this.events.upstreamResult(u.name, model.id, String(status), upstreamMs / 1000);
+      if (status < 400 && opts.stream) {
+        // firstByteMs is the time to the first chunk, not to the headers: until a chunk has
+        // arrived nothing was sent to the client, so another route can still be tried.
+        const first = await firstChunk(res.body, t.firstByteMs - upstreamMs, opts.signal);
+        if (first !== 'data') {
+          res.body.destroy();
+          if (first === 'aborted') {
+            breaker.release();
+            throw opts.signal.reason ?? new Error('aborted');
+          }
+          breaker.failure();
+          const timeout = first === 'timeout';
+          last = timeout
+            ? new GatewayError('upstream_timeout', 'The upstream sent no data in time.')
+            : new GatewayError('upstream_error', 'The upstream ended the stream before sending anything.');
+          this.events.retry(u.name, timeout ? 'timeout' : 'empty_stream');
+          continue;
+        }
+        upstreamMs = performance.now() - started;
+      }
       if (status < 400 || !isRetryable(status)) {
         if (status < 400) {
           return {
@@ -191,10 +217,10 @@ export class Router {
           },
         );
         this.events.retry(u.name, 'status_429');
-      } else if (status >= 500) {
+      } else if (status >= 500 || status === 408) {
         breaker.failure();
         last = new GatewayError('upstream_error', `The upstream answered ${status}.`);
-        this.events.retry(u.name, 'status_5xx');
+        this.events.retry(u.name, status === 408 ? 'timeout' : 'status_5xx');
       } else {
         breaker.release();
         last = new GatewayError('upstream_error', 'The upstream refused the gateway\u2019s credentials.');
@@ -228,6 +254,8 @@ export class Router {
   }
 }
 
+const noop = (): void => {};
+
 const isRetryable = (status: number): boolean =>
   status === 401 || status === 403 || status === 404 || status === 408 || status === 429 || status >= 500;
 
@@ -237,6 +265,42 @@ function isTimeout(err: unknown): boolean {
     err instanceof undiciErrors.ConnectTimeoutError ||
     err instanceof undiciErrors.BodyTimeoutError
   );
+}
+
+/**
+ * Waits until the body has a chunk to read (without consuming it), ends, fails, the client
+ * leaves, or `ms` pass.
+ */
+function firstChunk(
+  body: Readable,
+  ms: number,
+  signal: AbortSignal,
+): Promise<'data' | 'end' | 'error' | 'timeout' | 'aborted'> {
+  if (body.readableLength > 0) return Promise.resolve('data');
+  if (signal.aborted) return Promise.resolve('aborted');
+  return new Promise((resolve) => {
+    const done = (r: 'data' | 'end' | 'error' | 'timeout' | 'aborted'): void => {
+      clearTimeout(timer);
+      body.off('readable', onReadable);
+      body.off('end', onEnd);
+      body.off('error', onError);
+      body.off('close', onClose);
+      signal.removeEventListener('abort', onAbort);
+      resolve(r);
+    };
+    // 'readable' fires when data is buffered, or at the end of the stream with nothing buffered.
+    const onReadable = (): void => done(body.readableLength > 0 ? 'data' : 'end');
+    const onEnd = (): void => done('end');
+    const onError = (): void => done('error');
+    const onClose = (): void => done(body.readableLength > 0 ? 'data' : 'error');
+    const onAbort = (): void => done('aborted');
+    const timer = setTimeout(() => done('timeout'), Math.max(0, ms));
+    body.on('readable', onReadable);
+    body.on('end', onEnd);
+    body.on('error', onError);
+    body.on('close', onClose);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
 }
 
 /** The upstream's requested wait: retry-after-ms, else retry-after seconds; 1 s when absent. */
