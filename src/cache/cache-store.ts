@@ -10,40 +10,74 @@ export interface CacheEntry {
 
 /** Where entries and single-flight locks live. */
 export interface CacheStore {
+  /** The entry, or (when there is none) an attempt at the miss lock, in one round trip. */
+  getOrLock(id: string, lockTtlMs: number): Promise<{ entry: CacheEntry | null; locked: boolean }>;
   get(id: string): Promise<CacheEntry | null>;
-  set(id: string, entry: CacheEntry, ttlMs: number): Promise<void>;
   /** Takes the cross-instance lock for a miss; false if another instance holds it. */
   lock(id: string, ttlMs: number): Promise<boolean>;
-  unlock(id: string): Promise<void>;
+  /** Stores the leader's entry (if any) and releases its lock. */
+  finish(id: string, entry: CacheEntry | null, ttlMs: number): Promise<void>;
   /** Whether some instance still holds the lock (its leader is still fetching). */
   locked(id: string): Promise<boolean>;
 }
 
+// Entry and lock share the id as hash tag, so both live in one Redis Cluster slot.
+const GET_OR_LOCK = `
+local e = redis.call('GET', KEYS[1])
+if e then return {e, 0} end
+if redis.call('SET', KEYS[2], '1', 'PX', ARGV[1], 'NX') then return {false, 1} end
+return {false, 0}
+`;
+
+type Scripted = RedisClient & {
+  tollgateCacheGetOrLock(entry: string, lock: string, ttl: number): Promise<[string | null, number]>;
+};
+
 export class RedisCacheStore implements CacheStore {
+  private readonly redis: Scripted;
+
   constructor(
-    private readonly redis: RedisClient,
+    redis: RedisClient,
     private readonly prefix: string,
-  ) {}
+  ) {
+    redis.defineCommand('tollgateCacheGetOrLock', { numberOfKeys: 2, lua: GET_OR_LOCK });
+    this.redis = redis as Scripted;
+  }
+
+  private entryKey(id: string): string {
+    return `${this.prefix}cache:{${id}}`;
+  }
+
+  private lockKey(id: string): string {
+    return `${this.prefix}cache-lock:{${id}}`;
+  }
+
+  async getOrLock(id: string, lockTtlMs: number): Promise<{ entry: CacheEntry | null; locked: boolean }> {
+    const [raw, locked] = await this.redis.tollgateCacheGetOrLock(
+      this.entryKey(id),
+      this.lockKey(id),
+      lockTtlMs,
+    );
+    return { entry: raw ? (JSON.parse(raw) as CacheEntry) : null, locked: locked === 1 };
+  }
 
   async get(id: string): Promise<CacheEntry | null> {
-    const raw = await this.redis.get(`${this.prefix}cache:${id}`);
+    const raw = await this.redis.get(this.entryKey(id));
     return raw === null ? null : (JSON.parse(raw) as CacheEntry);
   }
 
-  async set(id: string, entry: CacheEntry, ttlMs: number): Promise<void> {
-    await this.redis.set(`${this.prefix}cache:${id}`, JSON.stringify(entry), 'PX', ttlMs);
-  }
-
   async lock(id: string, ttlMs: number): Promise<boolean> {
-    return (await this.redis.set(`${this.prefix}cache-lock:${id}`, '1', 'PX', ttlMs, 'NX')) === 'OK';
+    return (await this.redis.set(this.lockKey(id), '1', 'PX', ttlMs, 'NX')) === 'OK';
   }
 
-  async unlock(id: string): Promise<void> {
-    await this.redis.del(`${this.prefix}cache-lock:${id}`);
+  async finish(id: string, entry: CacheEntry | null, ttlMs: number): Promise<void> {
+    // Written before the lock goes, so a waiter that sees the lock gone finds the entry.
+    if (entry) await this.redis.set(this.entryKey(id), JSON.stringify(entry), 'PX', ttlMs);
+    await this.redis.del(this.lockKey(id));
   }
 
   async locked(id: string): Promise<boolean> {
-    return (await this.redis.exists(`${this.prefix}cache-lock:${id}`)) === 1;
+    return (await this.redis.exists(this.lockKey(id))) === 1;
   }
 }
 
@@ -53,6 +87,11 @@ export class MemoryCacheStore implements CacheStore {
   private readonly locks = new Map<string, number>();
 
   constructor(private readonly maxEntries = 10_000) {}
+
+  async getOrLock(id: string, lockTtlMs: number): Promise<{ entry: CacheEntry | null; locked: boolean }> {
+    const entry = await this.get(id);
+    return entry ? { entry, locked: false } : { entry: null, locked: await this.lock(id, lockTtlMs) };
+  }
 
   async get(id: string): Promise<CacheEntry | null> {
     const e = this.entries.get(id);
@@ -64,15 +103,6 @@ export class MemoryCacheStore implements CacheStore {
     return e.entry;
   }
 
-  async set(id: string, entry: CacheEntry, ttlMs: number): Promise<void> {
-    this.entries.delete(id);
-    if (this.entries.size >= this.maxEntries) {
-      const oldest = this.entries.keys().next().value;
-      if (oldest !== undefined) this.entries.delete(oldest);
-    }
-    this.entries.set(id, { entry, expires: Date.now() + ttlMs });
-  }
-
   async lock(id: string, ttlMs: number): Promise<boolean> {
     const until = this.locks.get(id);
     if (until !== undefined && until > Date.now()) return false;
@@ -80,7 +110,15 @@ export class MemoryCacheStore implements CacheStore {
     return true;
   }
 
-  async unlock(id: string): Promise<void> {
+  async finish(id: string, entry: CacheEntry | null, ttlMs: number): Promise<void> {
+    if (entry) {
+      this.entries.delete(id);
+      if (this.entries.size >= this.maxEntries) {
+        const oldest = this.entries.keys().next().value;
+        if (oldest !== undefined) this.entries.delete(oldest);
+      }
+      this.entries.set(id, { entry, expires: Date.now() + ttlMs });
+    }
     this.locks.delete(id);
   }
 

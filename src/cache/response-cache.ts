@@ -28,20 +28,19 @@ export type Flight =
   | { leader: true; finish(entry: CacheEntry | null): void }
   | { leader: false; result: Promise<CacheEntry | null> };
 
-interface LocalFlight {
-  result: Promise<CacheEntry | null>;
-  resolve(e: CacheEntry | null): void;
-}
+/** What opening the cache for a request gives: an entry to serve, or a part in a miss. */
+export type Opened = { entry: CacheEntry } | { entry: null; flight: Flight };
 
 const POLL_MS = 25;
 
 /**
  * The response cache (SPEC section 7): exact match on the canonical request within a scope,
- * single flight within the instance (a promise per key) and across instances (a Redis lock
- * plus polling for the leader's entry). Any store trouble is a miss, never an error.
+ * single flight within the instance (a promise per entry) and across instances (a Redis lock
+ * taken in the same round trip as the lookup; waiters poll for the leader's entry). Any store
+ * trouble is a miss, never an error.
  */
 export class ResponseCache {
-  private readonly flights = new Map<string, LocalFlight>();
+  private readonly flights = new Map<string, Promise<CacheEntry | null>>();
 
   constructor(
     private readonly store: CacheStore,
@@ -65,63 +64,73 @@ export class ResponseCache {
     return `${scope}:${cacheKeyOf(modelId, req)}`;
   }
 
-  async lookup(id: string, maxAgeSeconds: number | null): Promise<CacheEntry | null> {
-    try {
-      const e = await withDeadline(this.store.get(id), this.deadlineMs);
-      const fresh =
-        e !== null && (maxAgeSeconds === null || Date.now() - e.createdAt <= maxAgeSeconds * 1000);
-      this.metrics?.cacheLookups.inc({ result: fresh ? 'hit' : 'miss' });
-      return fresh ? e : null;
-    } catch {
-      this.metrics?.cacheLookups.inc({ result: 'error' });
-      this.metrics?.storeErrors.inc({ store: 'cache', op: 'get' });
-      return null;
-    }
-  }
-
   countBypass(): void {
     this.metrics?.cacheLookups.inc({ result: 'bypass' });
   }
 
-  /** Joins the miss in progress for `id`, or leads it. */
-  async begin(id: string): Promise<Flight> {
-    const local = this.flights.get(id);
-    if (local) return { leader: false, result: local.result };
+  /** Looks the request up and, on a miss, joins or leads the single flight for it. */
+  async open(id: string, control: CacheControl): Promise<Opened> {
+    const local = control.noCache ? undefined : this.flights.get(id);
+    if (local) {
+      this.metrics?.cacheLookups.inc({ result: 'hit' });
+      return { entry: null, flight: { leader: false, result: local } };
+    }
     let resolve!: (e: CacheEntry | null) => void;
     const result = new Promise<CacheEntry | null>((r) => {
       resolve = r;
     });
-    this.flights.set(id, { result, resolve });
+    this.flights.set(id, result);
     const done = (e: CacheEntry | null): void => {
-      this.flights.delete(id);
+      if (this.flights.get(id) === result) this.flights.delete(id);
       resolve(e);
     };
+    const lockTtl = this.cfg.lockWaitMs + 1000;
+    let entry: CacheEntry | null = null;
     let locked = true;
     try {
-      locked = await withDeadline(this.store.lock(id, this.cfg.lockWaitMs + 1000), this.deadlineMs);
+      if (control.noCache) {
+        locked = await withDeadline(this.store.lock(id, lockTtl), this.deadlineMs);
+      } else {
+        ({ entry, locked } = await withDeadline(this.store.getOrLock(id, lockTtl), this.deadlineMs));
+        if (
+          entry &&
+          control.maxAgeSeconds !== null &&
+          Date.now() - entry.createdAt > control.maxAgeSeconds * 1000
+        ) {
+          entry = null;
+          locked = await withDeadline(this.store.lock(id, lockTtl), this.deadlineMs);
+        }
+      }
+      this.metrics?.cacheLookups.inc({ result: entry ? 'hit' : 'miss' });
     } catch {
-      // Without the store there is no cross-instance coordination: lead.
+      // Without the store there is neither an entry nor cross-instance coordination: lead.
+      this.metrics?.cacheLookups.inc({ result: 'error' });
+      this.metrics?.storeErrors.inc({ store: 'cache', op: 'get' });
+      return { entry: null, flight: this.leadership(id, done, false) };
     }
-    if (locked) return this.leadership(id, done, true);
-    // Another instance is fetching this answer: wait for its entry, then lead ourselves.
-    const entry = await this.pollFor(id);
     if (entry) {
       done(entry);
-      return { leader: false, result: Promise.resolve(entry) };
+      return { entry };
     }
-    return this.leadership(id, done, false);
+    if (locked) return { entry: null, flight: this.leadership(id, done, true) };
+    // Another instance is fetching this answer: wait for its entry, else lead ourselves.
+    const polled = await this.pollFor(id);
+    if (polled) {
+      done(polled);
+      return { entry: null, flight: { leader: false, result: Promise.resolve(polled) } };
+    }
+    return { entry: null, flight: this.leadership(id, done, false) };
   }
 
-  private leadership(id: string, done: (e: CacheEntry | null) => void, unlock: boolean): Flight {
+  private leadership(id: string, done: (e: CacheEntry | null) => void, holdsLock: boolean): Flight {
     return {
       leader: true,
       finish: (entry) => {
-        if (entry) {
-          withDeadline(this.store.set(id, entry, this.cfg.ttlSeconds * 1000), 5000).catch(() => {
+        if (entry || holdsLock) {
+          withDeadline(this.store.finish(id, entry, this.cfg.ttlSeconds * 1000), 5000).catch(() => {
             this.metrics?.storeErrors.inc({ store: 'cache', op: 'set' });
           });
         }
-        if (unlock) this.store.unlock(id).catch(() => {});
         done(entry);
       },
     };
@@ -129,18 +138,18 @@ export class ResponseCache {
 
   private async pollFor(id: string): Promise<CacheEntry | null> {
     const deadline = Date.now() + this.cfg.lockWaitMs;
-    while (Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, POLL_MS));
-      try {
+    try {
+      while (Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, POLL_MS));
         const e = await withDeadline(this.store.get(id), this.deadlineMs);
         if (e) return e;
         // The lock is gone: either the entry has just been written, or the leader failed.
         if (!(await withDeadline(this.store.locked(id), this.deadlineMs))) {
           return await withDeadline(this.store.get(id), this.deadlineMs);
         }
-      } catch {
-        return null;
       }
+    } catch {
+      return null;
     }
     return null;
   }

@@ -33,7 +33,8 @@ export function chatCompletions(deps: ChatDeps) {
   const keepAliveMs = deps.keepAliveMs ?? 15_000;
 
   return async function chatCompletionsHandler(c: Context<AppEnv>): Promise<Response> {
-    const { trace, principal } = c.var;
+    const trace = c.get('trace');
+    const principal = c.get('principal');
     const req = parseChatRequest(await readBody(c, deps.bodyLimitBytes), c.req.header('content-type'));
     const name = c.req.param('deployment') ?? req.model;
     if (typeof name !== 'string' || name === '')
@@ -61,7 +62,7 @@ export function chatCompletions(deps: ChatDeps) {
         hit,
       });
       trace.admission = admission;
-      Object.assign(c.var.responseHeaders, admission.headers);
+      Object.assign(c.get('responseHeaders'), admission.headers);
     };
 
     // Cache: looked up after authentication and before admission; a hit counts one request only.
@@ -69,21 +70,18 @@ export function chatCompletions(deps: ChatDeps) {
     const control = parseCacheControl(c.req.header('cache-control'));
     if (!cache || control.noStore) {
       cache?.countBypass();
-      c.var.responseHeaders['x-cache'] = 'BYPASS';
+      c.get('responseHeaders')['x-cache'] = 'BYPASS';
       await admit(false);
       return forward(deps, x, keepAliveMs);
     }
-    const id = cache.idFor(principal.key, model.id, req);
-    if (!control.noCache) {
-      const entry = await cache.lookup(id, control.maxAgeSeconds);
-      if (entry) return hit(x, entry, admit);
-    }
-    const flight = await cache.begin(id);
+    const opened = await cache.open(cache.idFor(principal.key, model.id, req), control);
+    if (opened.entry) return hit(x, opened.entry, admit);
+    const flight = opened.flight;
     if (!flight.leader) {
       const entry = await flight.result;
       if (entry) return hit(x, entry, admit);
     }
-    c.var.responseHeaders['x-cache'] = 'MISS';
+    c.get('responseHeaders')['x-cache'] = 'MISS';
     let produced: CacheEntry | null = null;
     x.capture = (e) => {
       produced = e;
@@ -104,7 +102,7 @@ async function hit(
 ): Promise<Response> {
   x.trace.cacheHit = true;
   x.trace.usage = entry.usage;
-  x.c.var.responseHeaders['x-cache'] = 'HIT';
+  x.c.get('responseHeaders')['x-cache'] = 'HIT';
   await admit(true);
   return serveHit(x, entry);
 }

@@ -52,7 +52,7 @@ export function gatewayHeaders(x: Exchange, upstream: IncomingHttpHeaders | null
   const gateway = Math.max(0, performance.now() - trace.startedAt - trace.upstreamMs);
   trace.overheadMs = gateway;
   const h: Record<string, string> = {
-    'x-request-id': x.c.var.requestId,
+    'x-request-id': x.c.get('requestId'),
     'server-timing': trace.cacheHit
       ? `gateway;dur=${gateway.toFixed(3)}, cache;desc=hit`
       : `gateway;dur=${gateway.toFixed(3)}, upstream;dur=${trace.upstreamMs.toFixed(3)}`,
@@ -60,7 +60,7 @@ export function gatewayHeaders(x: Exchange, upstream: IncomingHttpHeaders | null
   if (trace.upstream) h['x-tollgate-upstream'] = trace.upstream;
   const upstreamId = upstream?.['x-request-id'] ?? upstream?.['apim-request-id'];
   if (typeof upstreamId === 'string') h['x-upstream-request-id'] = upstreamId;
-  return Object.assign(h, x.c.var.responseHeaders);
+  return Object.assign(h, x.c.get('responseHeaders'));
 }
 
 function passHeaders(upstream: IncomingHttpHeaders, into: Record<string, string | string[]>): void {

@@ -5,7 +5,7 @@ import { type Exchange, jsonHeaders, sseHeaders } from './relay.js';
 /** Answers from a cache entry in the form the client asked for, with `age`. */
 export function serveHit(x: Exchange, entry: CacheEntry): Response {
   const { sink, trace, req } = x;
-  x.c.var.responseHeaders['age'] = String(Math.max(0, Math.floor((Date.now() - entry.createdAt) / 1000)));
+  x.c.get('responseHeaders')['age'] = String(Math.max(0, Math.floor((Date.now() - entry.createdAt) / 1000)));
   trace.status = 200;
   trace.ttftMs = performance.now() - trace.startedAt;
   if (trace.stream) {

@@ -47,8 +47,9 @@ class NodeSink implements Sink {
 
   writeHead(status: number, headers: Record<string, string | string[]>): void {
     this.res.writeHead(status, headers);
-    // Send the headers now: a stream's client should see them before the first token.
-    this.res.flushHeaders();
+    // A stream's client should see the headers before the first token; a JSON answer's headers
+    // go out with its body in one write.
+    if (headers['content-length'] === undefined) this.res.flushHeaders();
   }
 
   write(chunk: Buffer | string): void {

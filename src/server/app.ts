@@ -101,7 +101,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
 
   // Client API: authenticated, traced and observed (logs, metrics, metering) once per request.
   const observed = async (c: Context<AppEnv>, next: () => Promise<void>, route: string): Promise<void> => {
-    const trace = new RequestTrace(route, c.var.startedAt);
+    const trace = new RequestTrace(route, c.get('startedAt'));
     c.set('trace', trace);
     deps.observer.begin(route);
     try {
@@ -109,7 +109,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     } finally {
       if (!trace.status) trace.status = c.res.status;
       const p = c.get('principal') as AppEnv['Variables']['principal'] | undefined;
-      deps.observer.finish(trace, p?.key ?? null, c.var.requestId, c.req.header('x-stainless-retry-count'));
+      deps.observer.finish(trace, p?.key ?? null, c.get('requestId'), c.req.header('x-stainless-retry-count'));
     }
   };
   const auth = clientAuth(deps.keys);
@@ -136,8 +136,8 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.use('/v1/models/*', auth);
   app.route('/v1/models', modelRoutes(deps.models));
   app.get('/me', auth, async (c) => {
-    const { key } = c.var.principal;
-    const { limits, spend, remaining, team } = await deps.limiter.status(c.var.principal);
+    const { key } = c.get('principal');
+    const { limits, spend, remaining, team } = await deps.limiter.status(c.get('principal'));
     return c.json({
       id: key.id,
       name: key.name,

@@ -61,27 +61,29 @@ export class Observer {
         m.cost.inc({ model: modelId, team, key: keyLabel }, cost);
       }
     }
-    this.logger.info(
-      {
-        requestId,
-        keyId: key?.id,
-        keyName: key?.name,
-        team: key?.team,
-        model: model?.id,
-        upstream: trace.upstream,
-        status: trace.status,
-        stream: trace.stream,
-        cache: trace.cacheHit ? 'hit' : 'miss',
-        tokens: usage
-          ? { prompt: usage.promptTokens, cached: usage.cachedTokens, completion: usage.completionTokens }
-          : undefined,
-        estimated: estimated || undefined,
-        latencyMs: round(latencyMs),
-        ttftMs: trace.ttftMs === null ? undefined : round(trace.ttftMs),
-        retryCount,
-      },
-      'request',
-    );
+    if (this.logger.isLevelEnabled('info')) {
+      this.logger.info(
+        {
+          requestId,
+          keyId: key?.id,
+          keyName: key?.name,
+          team: key?.team,
+          model: model?.id,
+          upstream: trace.upstream,
+          status: trace.status,
+          stream: trace.stream,
+          cache: trace.cacheHit ? 'hit' : 'miss',
+          tokens: usage
+            ? { prompt: usage.promptTokens, cached: usage.cachedTokens, completion: usage.completionTokens }
+            : undefined,
+          estimated: estimated || undefined,
+          latencyMs: round(latencyMs),
+          ttftMs: trace.ttftMs === null ? undefined : round(trace.ttftMs),
+          retryCount,
+        },
+        'request',
+      );
+    }
     if (!key) return;
     const record: UsageRecord = {
       requestId,
