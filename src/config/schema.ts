@@ -164,6 +164,8 @@ export const configSchema = z
       .prefault({}),
     metering: z
       .object({
+        /** Off only for benchmarking: no usage records at all. */
+        enabled: z.boolean().default(true),
         defaultOutputReservation: positiveInt.default(1024),
         bufferSize: positiveInt.default(100000),
         flushIntervalMs: positiveInt.default(250),

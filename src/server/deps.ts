@@ -12,6 +12,7 @@ import { MemoryLimitStore } from '../limits/memory-limit-store.js';
 import { RedisLimitStore } from '../limits/redis-limit-store.js';
 import { RedisUsageStore } from '../metering/redis-usage-store.js';
 import { warmUpTokenizer } from '../metering/tokens.js';
+import { noUsageSink } from '../metering/usage-sink.js';
 import { MemoryUsageStore, type UsageStore } from '../metering/usage-store.js';
 import { UsageWriter } from '../metering/usage-writer.js';
 import { Metrics } from '../metrics/metrics.js';
@@ -99,7 +100,7 @@ export function buildRuntime(config: Config, logger: Logger): Runtime {
     models: new ModelIndex(config.models),
     router,
     metrics,
-    observer: new Observer(logger, metrics, usage),
+    observer: new Observer(logger, metrics, config.metering.enabled ? usage : noUsageSink),
     health,
     redis,
     usage,

@@ -11,6 +11,7 @@ const sdk = (gw: TestGateway, key: string) =>
 
 interface Totals {
   requests: number;
+  cacheHits: number;
   errors: number;
   promptTokens: number;
   cachedTokens: number;
@@ -28,13 +29,22 @@ const sum = (rows: any[]): Totals =>
   rows.reduce(
     (t, r) => ({
       requests: t.requests + r.requests,
+      cacheHits: t.cacheHits + r.cacheHits,
       errors: t.errors + r.errors,
       promptTokens: t.promptTokens + r.promptTokens,
       cachedTokens: t.cachedTokens + r.cachedTokens,
       completionTokens: t.completionTokens + r.completionTokens,
       costUsd: Math.round((t.costUsd + r.costUsd) * 1e9) / 1e9,
     }),
-    { requests: 0, errors: 0, promptTokens: 0, cachedTokens: 0, completionTokens: 0, costUsd: 0 },
+    {
+      requests: 0,
+      cacheHits: 0,
+      errors: 0,
+      promptTokens: 0,
+      cachedTokens: 0,
+      completionTokens: 0,
+      costUsd: 0,
+    },
   );
 
 /** Reads a stream's first few content chunks, then abandons it. */
@@ -71,9 +81,10 @@ describe('usage metering', () => {
     await mock?.close();
   });
 
-  it('meters plain, streamed, abandoned and failed requests exactly', async () => {
+  it('meters plain, streamed, cached, refused, abandoned and failed requests exactly', async () => {
     mock.reset();
     let completed = 0;
+    let hits = 0;
     for (const [i, k] of keys.entries()) {
       const c = sdk(gw, k.key);
       const model = i === 2 ? 'via-azure' : 'gpt-4.1-mini';
@@ -84,6 +95,12 @@ describe('usage metering', () => {
         });
         completed++;
       }
+      // The same question again: a cache hit, metered with no tokens and no cost.
+      await c.chat.completions.create({
+        model,
+        messages: [{ role: 'user', content: `plain ${i} 0 with some words` }],
+      });
+      hits++;
       const s = await c.chat.completions.create({
         model,
         stream: true,
@@ -106,17 +123,33 @@ describe('usage metering', () => {
         }),
       ).rejects.toBeInstanceOf(OpenAI.InternalServerError);
     }
+    // A key limited to one request a minute: the second is refused (429) and still metered.
+    const limited = await gw.issueKey({ team: 'blue', limits: { rpm: 1 } });
+    await sdk(gw, limited.key).chat.completions.create({
+      model: 'gpt-4.1-mini',
+      messages: [{ role: 'user', content: 'once' }],
+    });
+    completed++;
+    await expect(
+      sdk(gw, limited.key).chat.completions.create({
+        model: 'gpt-4.1-mini',
+        messages: [{ role: 'user', content: 'twice' }],
+      }),
+    ).rejects.toBeInstanceOf(OpenAI.RateLimitError);
     const completedTotals = { ...mock.usageTotals };
     const abandonedChunks = await abandon(sdk(gw, keys[0]!.key), 'gpt-4.1-mini', 3);
     // The abandoned stream's record lands once the gateway has seen the client leave.
     const total = await eventually(async () => {
       await gw.gateway.runtime.usage.flush();
       const t = sum(await usage(gw));
-      // Three failures, one per key, and one abandoned stream on top of the completed ones.
-      expect(t.requests).toBe(completed + 3 + 1);
+      // Three failures (one per key), one refusal and one abandoned stream on top of the rest.
+      expect(t.requests).toBe(completed + hits + 3 + 1 + 1);
       return t;
     });
-    expect(total.errors).toBe(3 + 1);
+    expect(total.errors).toBe(3 + 1 + 1);
+    const byKey = await usage(gw, '&groupBy=key');
+    expect(byKey.reduce((n, r) => n + r.cacheHits, 0)).toBe(hits);
+    expect(byKey.find((r) => r.keyId === limited.id)).toMatchObject({ requests: 2, errors: 1 });
     const abandonedPrompt = total.promptTokens - completedTotals.prompt;
     expect(abandonedPrompt).toBeGreaterThan(0);
     expect(total.cachedTokens).toBe(completedTotals.cached);
@@ -136,8 +169,7 @@ describe('usage metering', () => {
     const byTeam = await usage(gw, '&groupBy=team');
     expect(byTeam.map((r) => r.team).sort()).toEqual(['blue', 'red']);
     const blue = await usage(gw, '&team=blue');
-    expect(blue[0].requests).toBe(6);
-    const byKey = await usage(gw, '&groupBy=key');
+    expect(blue[0].requests).toBe(7 + 2);
     expect(byKey.find((r) => r.keyId === keys[2]!.id)?.keyName).toMatch(/^k-/);
   });
 
