@@ -5,6 +5,7 @@ import type { ChatRequest } from '../proxy/chat-request.js';
 import { withDeadline } from '../store/redis.js';
 import type { CacheEntry, CacheStore } from './cache-store.js';
 import { cacheKeyOf } from './canonical.js';
+import { LiveFeed } from './live-feed.js';
 
 /** The client's Cache-Control, as far as the gateway honours it. */
 export interface CacheControl {
@@ -23,10 +24,27 @@ export function parseCacheControl(header: string | undefined): CacheControl {
   };
 }
 
-/** A miss in progress: the leader finishes it; waiters receive what it produced (or null). */
+/**
+ * A miss in progress. The leader fetches and finishes it; waiters receive what it produced (or
+ * null) and, in this instance, may follow its stream live. Everyone `leave`s when done; the
+ * upstream request is aborted only when the last one has left before the end.
+ */
 export type Flight =
-  | { leader: true; finish(entry: CacheEntry | null): void }
-  | { leader: false; result: Promise<CacheEntry | null> };
+  | {
+      leader: true;
+      feed: LiveFeed;
+      finish(entry: CacheEntry | null): void;
+      leave(): void;
+      onAbandoned(abort: () => void): void;
+    }
+  | { leader: false; feed: LiveFeed | null; result: Promise<CacheEntry | null>; leave(): void };
+
+interface LocalFlight {
+  result: Promise<CacheEntry | null>;
+  feed: LiveFeed;
+  listeners: number;
+  abort: (() => void) | null;
+}
 
 /** What opening the cache for a request gives: an entry to serve, or a part in a miss. */
 export type Opened = { entry: CacheEntry } | { entry: null; flight: Flight };
@@ -40,7 +58,7 @@ const POLL_MS = 25;
  * trouble is a miss, never an error.
  */
 export class ResponseCache {
-  private readonly flights = new Map<string, Promise<CacheEntry | null>>();
+  private readonly flights = new Map<string, LocalFlight>();
 
   constructor(
     private readonly store: CacheStore,
@@ -73,15 +91,21 @@ export class ResponseCache {
     const local = control.noCache ? undefined : this.flights.get(id);
     if (local) {
       this.metrics?.cacheLookups.inc({ result: 'hit' });
-      return { entry: null, flight: { leader: false, result: local } };
+      local.listeners++;
+      return {
+        entry: null,
+        flight: { leader: false, feed: local.feed, result: local.result, leave: () => this.leave(local) },
+      };
     }
     let resolve!: (e: CacheEntry | null) => void;
     const result = new Promise<CacheEntry | null>((r) => {
       resolve = r;
     });
-    this.flights.set(id, result);
+    const flight: LocalFlight = { result, feed: new LiveFeed(), listeners: 1, abort: null };
+    this.flights.set(id, flight);
     const done = (e: CacheEntry | null): void => {
-      if (this.flights.get(id) === result) this.flights.delete(id);
+      if (this.flights.get(id) === flight) this.flights.delete(id);
+      flight.feed.close();
       resolve(e);
     };
     const lockTtl = this.cfg.lockWaitMs + 1000;
@@ -106,25 +130,43 @@ export class ResponseCache {
       // Without the store there is neither an entry nor cross-instance coordination: lead.
       this.metrics?.cacheLookups.inc({ result: 'error' });
       this.metrics?.storeErrors.inc({ store: 'cache', op: 'get' });
-      return { entry: null, flight: this.leadership(id, done, false) };
+      return { entry: null, flight: this.leadership(id, flight, done, false) };
     }
     if (entry) {
       done(entry);
       return { entry };
     }
-    if (locked) return { entry: null, flight: this.leadership(id, done, true) };
+    if (locked) return { entry: null, flight: this.leadership(id, flight, done, true) };
     // Another instance is fetching this answer: wait for its entry, else lead ourselves.
     const polled = await this.pollFor(id);
     if (polled) {
       done(polled);
-      return { entry: null, flight: { leader: false, result: Promise.resolve(polled) } };
+      return {
+        entry: null,
+        flight: { leader: false, feed: null, result: Promise.resolve(polled), leave: () => {} },
+      };
     }
-    return { entry: null, flight: this.leadership(id, done, false) };
+    return { entry: null, flight: this.leadership(id, flight, done, false) };
   }
 
-  private leadership(id: string, done: (e: CacheEntry | null) => void, holdsLock: boolean): Flight {
+  private leave(flight: LocalFlight): void {
+    flight.listeners--;
+    if (flight.listeners === 0) flight.abort?.();
+  }
+
+  private leadership(
+    id: string,
+    flight: LocalFlight,
+    done: (e: CacheEntry | null) => void,
+    holdsLock: boolean,
+  ): Flight {
     return {
       leader: true,
+      feed: flight.feed,
+      leave: () => this.leave(flight),
+      onAbandoned: (abort) => {
+        flight.abort = abort;
+      },
       finish: (entry) => {
         if (entry || holdsLock) {
           withDeadline(this.store.finish(id, entry, this.cfg.ttlSeconds * 1000), 5000).catch(() => {

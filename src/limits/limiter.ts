@@ -242,7 +242,11 @@ export class Limiter {
       const budget = d.budgetNano;
       store.spend(d, day, month).then(
         (s) => {
-          const labels = d.kind === 'key' ? { team: '', key: m.keyLabel(d.name) } : { team: d.name, key: '' };
+          // A key's series carries its team, so the dashboard's team filter shows it.
+          const labels =
+            d.kind === 'key'
+              ? { team: d.tag.startsWith('t:') ? d.tag.slice(2) : '', key: m.keyLabel(d.name) }
+              : { team: d.name, key: '' };
           m.budgetRemaining.set(labels, Math.max(0, budget - s[d.period]) / 1e9);
         },
         () => {},

@@ -1,7 +1,8 @@
 import type { Context } from 'hono';
 import type { CacheEntry } from '../cache/cache-store.js';
-import { parseCacheControl, type ResponseCache } from '../cache/response-cache.js';
-import { type GatewayError, invalidRequest } from '../errors/gateway-error.js';
+import type { LiveFeed } from '../cache/live-feed.js';
+import { type Flight, parseCacheControl, type ResponseCache } from '../cache/response-cache.js';
+import { GatewayError, invalidRequest } from '../errors/gateway-error.js';
 import type { Limiter } from '../limits/limiter.js';
 import { countPromptTokens } from '../metering/tokens.js';
 import type { AppEnv } from '../server/env.js';
@@ -13,6 +14,7 @@ import type { ModelIndex } from './model-index.js';
 import { clientGone, type Exchange, relayJson, relayStream, sseHeaders, streamError } from './relay.js';
 import { serveHit } from './serve-hit.js';
 import { sinkFor } from './sink.js';
+import { SseRelay } from './sse-relay.js';
 import { upstreamClientError } from './upstream-error.js';
 
 export interface ChatDeps {
@@ -27,6 +29,8 @@ export interface ChatDeps {
 }
 
 const KEEP_ALIVE = Buffer.from(': keep-alive\n\n');
+
+type LeaderFlight = Extract<Flight, { leader: true }>;
 
 /** `POST /v1/chat/completions` and the Azure dialect's chat completions routes. */
 export function chatCompletions(deps: ChatDeps) {
@@ -72,14 +76,25 @@ export function chatCompletions(deps: ChatDeps) {
       cache?.countBypass();
       c.get('responseHeaders')['x-cache'] = 'BYPASS';
       await admit(false);
-      return forward(deps, x, keepAliveMs);
+      return forward(deps, x, keepAliveMs, null);
     }
     const opened = await cache.open(cache.idFor(principal.key, model.id, req), control);
     if (opened.entry) return hit(x, opened.entry, admit);
     const flight = opened.flight;
     if (!flight.leader) {
-      const entry = await flight.result;
-      if (entry) return hit(x, entry, admit);
+      const leave = once(flight.leave);
+      try {
+        // A stream may follow the leader's stream live; anything else waits for the entry.
+        const feed = flight.feed;
+        if (stream && feed) {
+          const live = await Promise.race([feed.started.then(() => true), flight.result.then(() => false)]);
+          if (live) return await followLive(x, feed, flight.result, admit, leave);
+        }
+        const entry = await flight.result;
+        if (entry) return await hit(x, entry, admit);
+      } finally {
+        leave();
+      }
     }
     c.get('responseHeaders')['x-cache'] = 'MISS';
     let produced: CacheEntry | null = null;
@@ -88,7 +103,7 @@ export function chatCompletions(deps: ChatDeps) {
     };
     try {
       await admit(false);
-      return await forward(deps, x, keepAliveMs);
+      return await forward(deps, x, keepAliveMs, flight.leader ? flight : null);
     } finally {
       if (flight.leader) flight.finish(produced);
     }
@@ -107,12 +122,26 @@ async function hit(
   return serveHit(x, entry);
 }
 
-/** Sends the request upstream (with retries) and relays the answer. */
-async function forward(deps: ChatDeps, x: Exchange, keepAliveMs: number): Promise<Response> {
+/**
+ * Sends the request upstream (with retries) and relays the answer. A cache leader's upstream
+ * request outlives its own client while others follow it, and is aborted when the last leaves.
+ */
+async function forward(
+  deps: ChatDeps,
+  x: Exchange,
+  keepAliveMs: number,
+  flight: LeaderFlight | null,
+): Promise<Response> {
   const { sink, trace, req } = x;
   const stream = trace.stream;
   const abort = new AbortController();
-  sink.onClientGone(() => abort.abort());
+  if (flight) {
+    x.feed = flight.feed;
+    flight.onAbandoned(() => abort.abort());
+    sink.onClientGone(once(flight.leave));
+  } else {
+    sink.onClientGone(() => abort.abort());
+  }
   // While a stream waits for its first byte, comments keep load balancers from cutting it.
   const keepAlive = stream
     ? setInterval(() => {
@@ -156,6 +185,63 @@ function upstreamBody(req: ChatRequest, modelId: string, stream: boolean): (u: U
 
 function upstreamErrorOf(res: UpstreamResponse): Promise<GatewayError> {
   return upstreamClientError(res.status, res.body as AsyncIterable<Buffer>);
+}
+
+/** Serves a stream by following a leader's stream of the same miss as it arrives. */
+async function followLive(
+  x: Exchange,
+  feed: LiveFeed,
+  result: Promise<CacheEntry | null>,
+  admit: (hit: boolean) => Promise<void>,
+  leave: () => void,
+): Promise<Response> {
+  const { sink, trace } = x;
+  trace.cacheHit = true;
+  x.c.get('responseHeaders')['x-cache'] = 'HIT';
+  x.c.get('responseHeaders')['age'] = '0';
+  await admit(true);
+  trace.status = 200;
+  sink.writeHead(200, sseHeaders(x, null));
+  const relay = new SseRelay(x.req.stream_options?.include_usage === true);
+  return new Promise<Response>((resolve) => {
+    let unsubscribe = (): void => {};
+    sink.onClientGone(() => {
+      unsubscribe();
+      leave();
+      resolve(clientGone(x));
+    });
+    unsubscribe = feed.follow((part) => {
+      if (part) {
+        const out = relay.push(part);
+        if (out.length > 0) {
+          trace.ttftMs ??= performance.now() - trace.startedAt;
+          sink.write(out);
+        }
+        return;
+      }
+      void result.then((entry) => {
+        leave();
+        trace.usage = entry?.usage ?? relay.usage;
+        if (sink.clientGone) return;
+        if (entry && relay.done) {
+          sink.end();
+          resolve(sink.response());
+        } else {
+          resolve(streamError(x, new GatewayError('upstream_error', 'The upstream stream broke.')));
+        }
+      });
+    });
+  });
+}
+
+function once(f: () => void): () => void {
+  let called = false;
+  return () => {
+    if (!called) {
+      called = true;
+      f();
+    }
+  };
 }
 
 /** Computes once, on first use. */

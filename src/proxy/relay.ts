@@ -2,6 +2,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Context } from 'hono';
 import { StreamAssembler } from '../cache/assemble.js';
 import type { CacheEntry } from '../cache/cache-store.js';
+import type { LiveFeed } from '../cache/live-feed.js';
 import { GatewayError } from '../errors/gateway-error.js';
 import type { RequestTrace } from '../metering/record.js';
 import type { AppEnv } from '../server/env.js';
@@ -20,6 +21,8 @@ export interface Exchange {
   /** Receives the complete answer when it may be cached (200, whole, small enough). */
   capture: ((entry: CacheEntry) => void) | null;
   maxEntryBytes: number;
+  /** A cache leader's live feed: waiters of the same miss follow the stream through it. */
+  feed?: LiveFeed;
 }
 
 // Upstream headers never passed to clients: hop-by-hop, upstream rate limits and routing details.
@@ -133,7 +136,13 @@ export async function relayStream(x: Exchange, res: UpstreamResponse): Promise<R
   const { sink, trace } = x;
   const relay = new SseRelay(x.req.stream_options?.include_usage === true);
   const assembler = x.capture ? new StreamAssembler() : null;
-  if (assembler) relay.onEvents = (part) => assembler.push(part.toString('utf8'));
+  const feed = x.feed;
+  if (assembler || feed) {
+    relay.onEvents = (part) => {
+      assembler?.push(part.toString('utf8'));
+      feed?.push(part);
+    };
+  }
   if (!sink.headersSent) sink.writeHead(200, sseHeaders(x, res.headers));
   trace.status = 200;
   try {

@@ -109,7 +109,12 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     } finally {
       if (!trace.status) trace.status = c.res.status;
       const p = c.get('principal') as AppEnv['Variables']['principal'] | undefined;
-      deps.observer.finish(trace, p?.key ?? null, c.get('requestId'), c.req.header('x-stainless-retry-count'));
+      deps.observer.finish(
+        trace,
+        p?.key ?? null,
+        c.get('requestId'),
+        c.req.header('x-stainless-retry-count'),
+      );
     }
   };
   const auth = clientAuth(deps.keys);
@@ -165,7 +170,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
         const { limits, spend, remaining, team: teamStatus } = await deps.limiter.status({ key, team });
         return { effectiveLimits: limits, spend, remaining, teamLimits: teamStatus };
       },
-      onRevoked: (k) => deps.metrics?.forgetKey(k.name),
+      onRevoked: (k) => deps.metrics?.forgetKey(k.name, k.team),
     }),
   );
   admin.route('/usage', usageRoutes(deps.usageStore));

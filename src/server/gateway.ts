@@ -1,5 +1,5 @@
-import type { Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
 import { createAdaptorServer } from '@hono/node-server';
 import type { Config } from '../config/schema.js';
 import { waitReady } from '../store/redis.js';
@@ -39,6 +39,7 @@ export async function startGateway(
   server.headersTimeout = config.server.keepAliveTimeoutSeconds * 1000 + 1000;
   // Streams may legitimately run for many minutes; the gateway's own timeouts govern them.
   server.requestTimeout = 0;
+  const sockets = trackSockets(server);
   await listen(server, config.server.port, config.server.host);
   const metricsServer = await startMetricsListener(config, runtime);
   const port = (server.address() as AddressInfo).port;
@@ -50,7 +51,7 @@ export async function startGateway(
     port,
     runtime,
     shutdown: () => {
-      stopping ??= drain(server, runtime, config, logger).then(() => {
+      stopping ??= drain(server, sockets, runtime, config, logger).then(() => {
         metricsServer?.close();
       });
       return stopping;
@@ -58,14 +59,25 @@ export async function startGateway(
   };
 }
 
-async function drain(server: Server, runtime: Runtime, config: Config, logger: Logger): Promise<void> {
+async function drain(
+  server: Server,
+  sockets: SocketTracker,
+  runtime: Runtime,
+  config: Config,
+  logger: Logger,
+): Promise<void> {
   runtime.health.draining = true;
   logger.info({ drainDelaySeconds: config.server.drainDelaySeconds }, 'draining: readiness is off');
   await sleep(config.server.drainDelaySeconds * 1000);
   const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-  // Connections that finish their last request become idle; close them as they do.
-  const idle = setInterval(() => server.closeIdleConnections(), 50);
-  server.closeIdleConnections();
+  // Connections that finish their last request become idle; close them as they do. Node's own
+  // closeIdleConnections misses sockets that never sent a request, so those are closed here too.
+  const closeIdle = (): void => {
+    server.closeIdleConnections();
+    sockets.destroyIdle();
+  };
+  const idle = setInterval(closeIdle, 50);
+  closeIdle();
   const grace = sleep(config.server.shutdownGraceSeconds * 1000).then(() => 'timeout' as const);
   const outcome = await Promise.race([closed.then(() => 'done' as const), grace]);
   clearInterval(idle);
@@ -90,6 +102,31 @@ async function startMetricsListener(config: Config, runtime: Runtime): Promise<S
   const server = createAdaptorServer({ fetch: app.fetch }) as Server;
   await listen(server, config.metrics.port, config.server.host);
   return server;
+}
+
+interface SocketTracker {
+  destroyIdle(): void;
+}
+
+/** Counts the requests in progress on each connection, so idle ones can be closed on drain. */
+function trackSockets(server: Server): SocketTracker {
+  const active = new Map<Socket, number>();
+  server.on('connection', (socket: Socket) => {
+    active.set(socket, 0);
+    socket.once('close', () => active.delete(socket));
+  });
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    const socket = req.socket;
+    active.set(socket, (active.get(socket) ?? 0) + 1);
+    res.once('close', () => {
+      if (active.has(socket)) active.set(socket, Math.max(0, (active.get(socket) ?? 1) - 1));
+    });
+  });
+  return {
+    destroyIdle() {
+      for (const [socket, n] of active) if (n === 0) socket.destroy();
+    },
+  };
 }
 
 function listen(server: Server, port: number, host: string): Promise<void> {

@@ -282,3 +282,65 @@ function sseText(raw: string): string {
   }
   return text;
 }
+
+describe('single flight within an instance, live', () => {
+  let mock: MockUpstream;
+  let gw: TestGateway;
+  let key: string;
+  beforeAll(async () => {
+    mock = await startMockUpstream();
+    gw = await startTestGateway(twoUpstreams(mock.url));
+    ({ key } = await gw.issueKey({ team: 'live' }));
+  });
+  afterAll(async () => {
+    await gw?.close();
+    await mock?.close();
+  });
+  beforeEach(() => mock.reset());
+
+  const open = async (content: string) => {
+    const res = await post(gw, key, { stream: true, messages: [{ role: 'user', content }] });
+    return { res, reader: res.body!.getReader(), decoder: new TextDecoder() };
+  };
+
+  it('lets a waiter follow the leader stream chunk by chunk', async () => {
+    const content = `live ${unique()} [[mock:chunks=8,chunkdelay=80]]`;
+    const leader = await open(content);
+    await leader.reader.read();
+    const joined = Date.now();
+    const follower = await open(content);
+    expect(follower.res.headers.get('x-cache')).toBe('HIT');
+    // The follower gets what was already sent at once, then each chunk as the leader's arrives.
+    const first = await follower.reader.read();
+    expect(Date.now() - joined).toBeLessThan(300);
+    let followerText = follower.decoder.decode(first.value);
+    let leaderText = '';
+    const drain = async (s: typeof leader, into: (t: string) => void) => {
+      for (;;) {
+        const { done, value } = await s.reader.read();
+        if (done) return;
+        into(s.decoder.decode(value));
+      }
+    };
+    await Promise.all([drain(leader, (t) => (leaderText += t)), drain(follower, (t) => (followerText += t))]);
+    expect(sseText(followerText)).toBe(sseText(leaderText));
+    expect(sseText(leaderText)).toMatch(/^echo: live /);
+    expect(followerText.trim().endsWith('data: [DONE]')).toBe(true);
+    expect(leaderText.trim().endsWith('data: [DONE]')).toBe(true);
+    expect(mock.stats.requests).toBe(1);
+  });
+
+  it('keeps the upstream running while anyone follows, and aborts it when the last one leaves', async () => {
+    const content = `leave ${unique()} [[mock:chunks=30,chunkdelay=50]]`;
+    const leader = await open(content);
+    await leader.reader.read();
+    const follower = await open(content);
+    await follower.reader.read();
+    await leader.reader.cancel();
+    await new Promise((r) => setTimeout(r, 300));
+    expect(mock.stats.aborts).toBe(0);
+    expect((await follower.reader.read()).done).toBe(false);
+    await follower.reader.cancel();
+    await eventually(() => expect(mock.stats.aborts).toBe(1), 2000);
+  });
+});
