@@ -71,9 +71,12 @@ export class RedisCacheStore implements CacheStore {
   }
 
   async finish(id: string, entry: CacheEntry | null, ttlMs: number): Promise<void> {
-    // Written before the lock goes, so a waiter that sees the lock gone finds the entry.
-    if (entry) await this.redis.set(this.entryKey(id), JSON.stringify(entry), 'PX', ttlMs);
-    await this.redis.del(this.lockKey(id));
+    // Both commands leave in one write, the entry first (one connection keeps their order),
+    // so a waiter that sees the lock gone finds the entry.
+    await Promise.all([
+      entry ? this.redis.set(this.entryKey(id), JSON.stringify(entry), 'PX', ttlMs) : null,
+      this.redis.del(this.lockKey(id)),
+    ]);
   }
 
   async locked(id: string): Promise<boolean> {

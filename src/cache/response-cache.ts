@@ -50,6 +50,9 @@ interface LocalFlight {
 export type Opened = { entry: CacheEntry } | { entry: null; flight: Flight };
 
 const POLL_MS = 25;
+// The in-process tier in front of Redis: small, short-lived, so a hit costs no round trip.
+const LOCAL_MAX_BYTES = 32 * 1024 * 1024;
+const LOCAL_TTL_MS = 60_000;
 
 /**
  * The response cache (SPEC section 7): exact match on the canonical request within a scope,
@@ -59,13 +62,51 @@ const POLL_MS = 25;
  */
 export class ResponseCache {
   private readonly flights = new Map<string, LocalFlight>();
+  private readonly near = new Map<string, { entry: CacheEntry; expires: number; bytes: number }>();
+  private nearBytes = 0;
 
   constructor(
     private readonly store: CacheStore,
     private readonly cfg: Config['cache'],
     private readonly deadlineMs: number,
     private readonly metrics: Metrics | null,
+    /** Keep recent entries in process too (when the store is remote). */
+    private readonly nearTier = true,
   ) {}
+
+  private nearGet(id: string, maxAgeSeconds: number | null): CacheEntry | null {
+    const n = this.near.get(id);
+    if (!n) return null;
+    if (n.expires <= Date.now()) {
+      this.nearDrop(id);
+      return null;
+    }
+    if (maxAgeSeconds !== null && Date.now() - n.entry.createdAt > maxAgeSeconds * 1000) return null;
+    return n.entry;
+  }
+
+  private nearPut(id: string, entry: CacheEntry): void {
+    if (!this.nearTier) return;
+    this.nearDrop(id);
+    const bytes = entry.body.length * 2;
+    const remaining = this.cfg.ttlSeconds * 1000 - (Date.now() - entry.createdAt);
+    const ttl = Math.min(LOCAL_TTL_MS, remaining);
+    if (ttl <= 0 || bytes > LOCAL_MAX_BYTES / 16) return;
+    // Oldest first out (Map keeps insertion order).
+    for (const oldest of this.near.keys()) {
+      if (this.nearBytes + bytes <= LOCAL_MAX_BYTES) break;
+      this.nearDrop(oldest);
+    }
+    this.near.set(id, { entry, expires: Date.now() + ttl, bytes });
+    this.nearBytes += bytes;
+  }
+
+  private nearDrop(id: string): void {
+    const n = this.near.get(id);
+    if (!n) return;
+    this.near.delete(id);
+    this.nearBytes -= n.bytes;
+  }
 
   get maxEntryBytes(): number {
     return this.cfg.maxEntryBytes;
@@ -88,6 +129,11 @@ export class ResponseCache {
 
   /** Looks the request up and, on a miss, joins or leads the single flight for it. */
   async open(id: string, control: CacheControl): Promise<Opened> {
+    const near = control.noCache ? null : this.nearGet(id, control.maxAgeSeconds);
+    if (near) {
+      this.metrics?.cacheLookups.inc({ result: 'hit' });
+      return { entry: near };
+    }
     const local = control.noCache ? undefined : this.flights.get(id);
     if (local) {
       this.metrics?.cacheLookups.inc({ result: 'hit' });
@@ -133,6 +179,7 @@ export class ResponseCache {
       return { entry: null, flight: this.leadership(id, flight, done, false) };
     }
     if (entry) {
+      this.nearPut(id, entry);
       done(entry);
       return { entry };
     }
@@ -140,6 +187,7 @@ export class ResponseCache {
     // Another instance is fetching this answer: wait for its entry, else lead ourselves.
     const polled = await this.pollFor(id);
     if (polled) {
+      this.nearPut(id, polled);
       done(polled);
       return {
         entry: null,
@@ -168,6 +216,7 @@ export class ResponseCache {
         flight.abort = abort;
       },
       finish: (entry) => {
+        if (entry) this.nearPut(id, entry);
         if (entry || holdsLock) {
           withDeadline(this.store.finish(id, entry, this.cfg.ttlSeconds * 1000), 5000).catch(() => {
             this.metrics?.storeErrors.inc({ store: 'cache', op: 'set' });

@@ -200,6 +200,31 @@ export class Limiter {
     return { ...key!, team: team ?? null };
   }
 
+  /**
+   * The x-ratelimit-* headers as things stand, taking nothing: for authenticated answers that
+   * end before admission (validation errors, model lists). Empty when the store does not answer.
+   */
+  async peekHeaders(p: Authenticated): Promise<Record<string, string>> {
+    const dims = this.dimensions(p.key, p.team);
+    if (!dims.some((d) => d.rpm !== null || d.tpm !== null)) return {};
+    const now = Date.now();
+    const store = this.shared ?? this.local;
+    try {
+      const peeks = await withDeadline(
+        Promise.all(dims.map((d) => store.peek(d, now))),
+        this.opts.deadlineMs,
+      );
+      return headersFor(
+        dims.map((d, i) => ({
+          requests: d.rpm === null ? null : { limit: d.rpm, remaining: peeks[i]!.requests ?? d.rpm },
+          tokens: d.tpm === null ? null : { limit: d.tpm, remaining: peeks[i]!.tokens ?? d.tpm },
+        })),
+      );
+    } catch {
+      return {};
+    }
+  }
+
   private async dimensionStatus(d: Dimension): Promise<DimensionStatus> {
     const now = Date.now();
     const { day, month } = periods(now);

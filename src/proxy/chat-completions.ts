@@ -2,6 +2,7 @@ import type { Context } from 'hono';
 import type { CacheEntry } from '../cache/cache-store.js';
 import type { LiveFeed } from '../cache/live-feed.js';
 import { type Flight, parseCacheControl, type ResponseCache } from '../cache/response-cache.js';
+import type { ModelConfig } from '../config/schema.js';
 import { GatewayError, invalidRequest } from '../errors/gateway-error.js';
 import type { Limiter } from '../limits/limiter.js';
 import { countPromptTokens } from '../metering/tokens.js';
@@ -39,13 +40,21 @@ export function chatCompletions(deps: ChatDeps) {
   return async function chatCompletionsHandler(c: Context<AppEnv>): Promise<Response> {
     const trace = c.get('trace');
     const principal = c.get('principal');
-    const req = parseChatRequest(await readBody(c, deps.bodyLimitBytes), c.req.header('content-type'));
-    const name = c.req.param('deployment') ?? req.model;
-    if (typeof name !== 'string' || name === '')
-      throw invalidRequest('You must provide a model parameter.', 'model');
-    const model = deps.models.resolveFor(name, principal.key);
-    trace.model = model;
-    checkOutputLimit(req, model);
+    let req: ChatRequest;
+    let model: ModelConfig;
+    try {
+      req = parseChatRequest(await readBody(c, deps.bodyLimitBytes), c.req.header('content-type'));
+      const name = c.req.param('deployment') ?? req.model;
+      if (typeof name !== 'string' || name === '')
+        throw invalidRequest('You must provide a model parameter.', 'model');
+      model = deps.models.resolveFor(name, principal.key);
+      trace.model = model;
+      checkOutputLimit(req, model);
+    } catch (err) {
+      // Refused before admission: the answer still tells the client where its limits stand.
+      Object.assign(c.get('responseHeaders'), await deps.limiter.peekHeaders(principal));
+      throw err;
+    }
     const stream = req.stream === true;
     trace.stream = stream;
     const promptTokens = memo(() => countPromptTokens(req.messages));

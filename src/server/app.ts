@@ -137,8 +137,13 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
       throw new GatewayError('method_not_allowed', 'Use POST for chat completions.');
     });
   }
-  app.use('/v1/models', auth);
-  app.use('/v1/models/*', auth);
+  // Model lists are authenticated /v1 answers too: they carry the key's rate-limit state.
+  const limitHeaders = async (c: Context<AppEnv>, next: () => Promise<void>): Promise<void> => {
+    const headers = await deps.limiter.peekHeaders(c.get('principal'));
+    await next();
+    for (const [k, v] of Object.entries(headers)) c.res.headers.set(k, v);
+  };
+  for (const path of ['/v1/models', '/v1/models/*']) app.use(path, auth, limitHeaders);
   app.route('/v1/models', modelRoutes(deps.models));
   app.get('/me', auth, async (c) => {
     const { key } = c.get('principal');

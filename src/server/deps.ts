@@ -84,6 +84,7 @@ export function buildRuntime(config: Config, logger: Logger): Runtime {
         config.cache,
         config.redis?.commandTimeoutMs ?? 100,
         metrics,
+        cacheRedis !== null,
       )
     : null;
   warmUpTokenizer();

@@ -2,14 +2,25 @@
 export const CircuitState = { closed: 0, halfOpen: 1, open: 2 } as const;
 export type CircuitStateValue = (typeof CircuitState)[keyof typeof CircuitState];
 
+/** What `tryAcquire` hands out: the outcome of that request is reported with it. */
+export interface Permit {
+  /** This request is the one probe of a half-open circuit: its outcome decides. */
+  readonly probe: boolean;
+}
+
+const PLAIN: Permit = Object.freeze({ probe: false });
+
 /**
  * Per-upstream, per-instance breaker: `threshold` consecutive failures open it for `cooldownMs`;
  * after that exactly one probe request is let through, and its outcome closes or re-opens it.
+ * While the circuit is open or half-open only the probe decides: outcomes of requests that were
+ * already running when it opened neither close it, re-open it nor free the probe slot.
  */
 export class CircuitBreaker {
   private failures = 0;
   private openUntil = 0;
-  private probing = false;
+  private probe: Permit | null = null;
+  private probeSince = 0;
 
   constructor(
     private readonly threshold: number,
@@ -20,42 +31,66 @@ export class CircuitBreaker {
 
   get state(): CircuitStateValue {
     if (this.openUntil === 0) return CircuitState.closed;
-    return this.probing || this.now() >= this.openUntil ? CircuitState.halfOpen : CircuitState.open;
+    return this.probe || this.now() >= this.openUntil ? CircuitState.halfOpen : CircuitState.open;
   }
 
-  /** Whether a request may go to this upstream now; claims the probe slot when half-open. */
-  tryAcquire(): boolean {
-    if (this.openUntil === 0) return true;
-    if (this.probing || this.now() < this.openUntil) return false;
-    this.probing = true;
+  /**
+   * A permit when a request may go to this upstream now (claiming the probe slot when the
+   * cooldown has passed), else null. Report its outcome with success/failure/release.
+   */
+  tryAcquire(): Permit | null {
+    if (this.openUntil === 0) return PLAIN;
+    if (!this.probeFree()) return null;
+    this.probe = { probe: true };
+    this.probeSince = this.now();
     this.onChange(CircuitState.halfOpen);
-    return true;
+    return this.probe;
   }
 
   /** Whether a request could go there, without claiming anything (for ordering). */
   available(): boolean {
-    return this.openUntil === 0 || (!this.probing && this.now() >= this.openUntil);
+    return this.openUntil === 0 || this.probeFree();
   }
 
-  success(): void {
-    const wasOpen = this.openUntil !== 0;
-    this.failures = 0;
-    this.openUntil = 0;
-    this.probing = false;
-    if (wasOpen) this.onChange(CircuitState.closed);
-  }
-
-  failure(): void {
-    this.failures++;
-    if (this.probing || this.failures >= this.threshold) {
-      this.probing = false;
-      this.openUntil = this.now() + this.cooldownMs;
-      this.onChange(CircuitState.open);
+  success(permit: Permit = PLAIN): void {
+    if (this.openUntil !== 0) {
+      if (permit !== this.probe) return;
+      this.probe = null;
+      this.openUntil = 0;
+      this.failures = 0;
+      this.onChange(CircuitState.closed);
+      return;
     }
+    this.failures = 0;
   }
 
-  /** A probe that ended without a verdict (e.g. the client left) frees the probe slot. */
-  release(): void {
-    this.probing = false;
+  failure(permit: Permit = PLAIN): void {
+    if (this.openUntil !== 0) {
+      if (permit !== this.probe) return;
+      this.probe = null;
+      this.open();
+      return;
+    }
+    if (++this.failures >= this.threshold) this.open();
+  }
+
+  /** An attempt that ended without a verdict (the client left, a 429): frees the probe slot if it held it. */
+  release(permit: Permit = PLAIN): void {
+    if (permit === this.probe) this.probe = null;
+  }
+
+  private open(): void {
+    this.openUntil = this.now() + this.cooldownMs;
+    this.onChange(CircuitState.open);
+  }
+
+  /**
+   * The cooldown has passed and no probe is running. A probe that never reported within a
+   * further cooldown (a bug elsewhere) no longer blocks the upstream for good.
+   */
+  private probeFree(): boolean {
+    const now = this.now();
+    if (now < this.openUntil) return false;
+    return this.probe === null || now - this.probeSince >= Math.max(this.cooldownMs, 60_000);
   }
 }

@@ -272,3 +272,29 @@ describe('Redis going away under load', () => {
     },
   );
 });
+
+describe('rate-limit headers before admission', () => {
+  it('are sent on validation errors and model lists, taking nothing', async () => {
+    const mock = await startMockUpstream();
+    const gw = await startTestGateway(twoUpstreams(mock.url));
+    try {
+      const { key } = await gw.issueKey({ team: 'peek', limits: { rpm: 10, tpm: 5000 } });
+      expect((await ask(gw.url, key, 'one')).headers.get('x-ratelimit-remaining-requests')).toBe('9');
+      const bad = await ask(gw.url, key, 'bad', { max_tokens: -1 });
+      expect(bad.status).toBe(400);
+      expect(bad.headers.get('x-ratelimit-limit-requests')).toBe('10');
+      expect(bad.headers.get('x-ratelimit-remaining-requests')).toBe('9');
+      expect(bad.headers.get('x-ratelimit-limit-tokens')).toBe('5000');
+      const unknown = await ask(gw.url, key, 'x', { model: 'no-such-model' });
+      expect(unknown.status).toBe(404);
+      expect(unknown.headers.get('x-ratelimit-remaining-requests')).toBe('9');
+      const models = await fetch(`${gw.url}/v1/models`, { headers: { authorization: `Bearer ${key}` } });
+      expect(models.headers.get('x-ratelimit-remaining-requests')).toBe('9');
+      // None of those took a request from the bucket.
+      expect((await ask(gw.url, key, 'two')).headers.get('x-ratelimit-remaining-requests')).toBe('8');
+    } finally {
+      await gw.close();
+      await mock.close();
+    }
+  });
+});
