@@ -107,8 +107,12 @@ export async function relayJson(x: Exchange, res: UpstreamResponse): Promise<Res
   try {
     for await (const chunk of res.body) chunks.push(chunk as Buffer);
   } catch (err) {
+    // A client that left says nothing about the upstream's health: no verdict for the breaker.
+    if (sink.clientGone) {
+      res.settle(null);
+      return clientGone(x);
+    }
     res.settle(false);
-    if (sink.clientGone) return clientGone(x);
     throw isTimeoutError(err)
       ? new GatewayError('upstream_timeout', 'The upstream did not finish the response in time.')
       : new GatewayError('upstream_error', 'The upstream connection failed during the response.');
@@ -161,7 +165,7 @@ export async function relayStream(x: Exchange, res: UpstreamResponse): Promise<R
   } catch (err) {
     finish(trace, relay);
     if (sink.clientGone) {
-      res.settle(true);
+      res.settle(null);
       return clientGone(x);
     }
     res.settle(false);

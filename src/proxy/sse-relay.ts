@@ -96,22 +96,34 @@ const OPEN = 0x7b;
 const CLOSE = 0x7d;
 
 /**
- * A cheap shape check of each data line (JSON object or [DONE]) without parsing it: catches
- * garbage and truncated events; a perfectly balanced but invalid object would slip through.
+ * A cheap shape check of every line without parsing it: each data line is a JSON object or
+ * [DONE]; any other non-empty line is a comment or another SSE field (event, id, retry). Catches
+ * garbage (a JSON body where a stream was expected, say) and truncated events; a perfectly
+ * balanced but invalid object would slip through.
  */
 function wellFormed(part: Buffer): boolean {
-  for (let i = part.indexOf(DATA); i !== -1; i = part.indexOf(DATA, i + DATA.length)) {
-    if (i > 0 && part[i - 1] !== LF) continue;
-    let start = i + DATA.length;
-    if (part[start] === 0x20) start++;
-    let end = part.indexOf(LF, start);
-    if (end === -1) end = part.length;
-    if (part[end - 1] === 0x0d) end--;
-    if (part[start] === OPEN) {
-      if (part[end - 1] !== CLOSE) return false;
-    } else if (part.toString('latin1', start, end) !== '[DONE]') {
-      return false;
+  for (let i = 0; i < part.length; ) {
+    let next = part.indexOf(LF, i);
+    if (next === -1) next = part.length;
+    let end = next;
+    if (end > i && part[end - 1] === 0x0d) end--;
+    if (end > i && part[i] !== COLON) {
+      if (part.compare(DATA, 0, DATA.length, i, Math.min(end, i + DATA.length)) === 0) {
+        let start = i + DATA.length;
+        if (part[start] === 0x20) start++;
+        if (part[start] === OPEN) {
+          if (part[end - 1] !== CLOSE) return false;
+        } else if (part.toString('latin1', start, end) !== '[DONE]') {
+          return false;
+        }
+      } else if (!OTHER_FIELD.test(part.toString('latin1', i, Math.min(end, i + 7)))) {
+        return false;
+      }
     }
+    i = next + 1;
   }
   return true;
 }
+
+const COLON = 0x3a;
+const OTHER_FIELD = /^(?:event|id|retry|data)(?::|$)/;
