@@ -127,13 +127,16 @@ export class ResponseCache {
     this.metrics?.cacheLookups.inc({ result: 'bypass' });
   }
 
+  /** A hit from the in-process tier, if it has a fresh entry (no I/O). */
+  nearHit(id: string, control: CacheControl): CacheEntry | null {
+    if (control.noCache) return null;
+    const e = this.nearGet(id, control.maxAgeSeconds);
+    if (e) this.metrics?.cacheLookups.inc({ result: 'hit' });
+    return e;
+  }
+
   /** Looks the request up and, on a miss, joins or leads the single flight for it. */
   async open(id: string, control: CacheControl): Promise<Opened> {
-    const near = control.noCache ? null : this.nearGet(id, control.maxAgeSeconds);
-    if (near) {
-      this.metrics?.cacheLookups.inc({ result: 'hit' });
-      return { entry: near };
-    }
     const local = control.noCache ? undefined : this.flights.get(id);
     if (local) {
       this.metrics?.cacheLookups.inc({ result: 'hit' });

@@ -87,8 +87,36 @@ export function chatCompletions(deps: ChatDeps) {
       await admit(false);
       return forward(deps, x, keepAliveMs, null);
     }
-    const opened = await cache.open(cache.idFor(principal.key, model.id, req), control);
-    if (opened.entry) return hit(x, opened.entry, admit);
+    const id = cache.idFor(principal.key, model.id, req);
+    const near = cache.nearHit(id, control);
+    if (near) {
+      await admit(true);
+      return hit(x, near);
+    }
+    // The lookup and a miss's admission leave in one write, so they cost one round trip. Should
+    // it be a hit after all, settlement refunds the tokens the admission reserved.
+    const [opened, refusal] = await Promise.all([
+      cache.open(id, control),
+      admit(false).then(
+        () => null,
+        (err: unknown) => err,
+      ),
+    ]);
+    // A hit needs no tokens and no budget: refused for those alone, it is admitted as a hit.
+    const admitHit = async (): Promise<void> => {
+      if (refusal === null) return;
+      if (
+        refusal instanceof GatewayError &&
+        (refusal.type === 'tokens' || refusal.code === 'insufficient_quota')
+      ) {
+        return admit(true);
+      }
+      throw refusal;
+    };
+    if (opened.entry) {
+      await admitHit();
+      return hit(x, opened.entry);
+    }
     const flight = opened.flight;
     if (!flight.leader) {
       const leave = once(flight.leave);
@@ -97,10 +125,16 @@ export function chatCompletions(deps: ChatDeps) {
         const feed = flight.feed;
         if (stream && feed) {
           const live = await Promise.race([feed.started.then(() => true), flight.result.then(() => false)]);
-          if (live) return await followLive(x, feed, flight.result, admit, leave);
+          if (live) {
+            await admitHit();
+            return await followLive(x, feed, flight.result, leave);
+          }
         }
         const entry = await flight.result;
-        if (entry) return await hit(x, entry, admit);
+        if (entry) {
+          await admitHit();
+          return hit(x, entry);
+        }
       } finally {
         leave();
       }
@@ -111,7 +145,7 @@ export function chatCompletions(deps: ChatDeps) {
       produced = e;
     };
     try {
-      await admit(false);
+      if (refusal !== null) throw refusal;
       return await forward(deps, x, keepAliveMs, flight.leader ? flight : null);
     } finally {
       if (flight.leader) flight.finish(produced);
@@ -119,15 +153,11 @@ export function chatCompletions(deps: ChatDeps) {
   };
 }
 
-async function hit(
-  x: Exchange,
-  entry: CacheEntry,
-  admit: (hit: boolean) => Promise<void>,
-): Promise<Response> {
+/** Serves an admitted request from a cache entry. */
+function hit(x: Exchange, entry: CacheEntry): Response {
   x.trace.cacheHit = true;
   x.trace.usage = entry.usage;
   x.c.get('responseHeaders')['x-cache'] = 'HIT';
-  await admit(true);
   return serveHit(x, entry);
 }
 
@@ -201,14 +231,12 @@ async function followLive(
   x: Exchange,
   feed: LiveFeed,
   result: Promise<CacheEntry | null>,
-  admit: (hit: boolean) => Promise<void>,
   leave: () => void,
 ): Promise<Response> {
   const { sink, trace } = x;
   trace.cacheHit = true;
   x.c.get('responseHeaders')['x-cache'] = 'HIT';
   x.c.get('responseHeaders')['age'] = '0';
-  await admit(true);
   trace.status = 200;
   sink.writeHead(200, sseHeaders(x, null));
   const relay = new SseRelay(x.req.stream_options?.include_usage === true);

@@ -40,11 +40,14 @@ export class SseRelay {
     return this.scan(complete);
   }
 
-  /** Whatever is left when the upstream ends (an unterminated last event). */
+  /**
+   * Whatever is left when the upstream ends (an unterminated last event), terminated here so
+   * that anything written after it (an error event) starts an event of its own.
+   */
   flush(): Buffer {
     const rest = this.pending;
     this.pending = null;
-    return rest ? this.scan(rest) : EMPTY;
+    return rest ? this.scan(Buffer.concat([rest, EVENT_END])) : EMPTY;
   }
 
   private scan(part: Buffer): Buffer {
