@@ -1,11 +1,33 @@
 import type { TokenUsage } from '../proxy/usage.js';
 import type { RedisClient } from '../store/redis.js';
 
-/** A cached answer: the chat.completion JSON (streams are stored assembled) and its usage. */
+/** A cached answer: the chat.completion JSON bytes (streams are stored assembled) and its usage. */
 export interface CacheEntry {
   createdAt: number;
-  body: string;
+  body: Buffer;
   usage: TokenUsage | null;
+}
+
+// Stored as one JSON line of metadata, then the body's bytes as they are: nothing is escaped or
+// re-encoded on the way in or out.
+const NL = 0x0a;
+
+export function encodeEntry(e: CacheEntry): Buffer {
+  return Buffer.concat([
+    Buffer.from(`${JSON.stringify({ createdAt: e.createdAt, usage: e.usage })}\n`),
+    e.body,
+  ]);
+}
+
+export function decodeEntry(raw: Buffer): CacheEntry | null {
+  const cut = raw.indexOf(NL);
+  if (cut === -1) return null;
+  try {
+    const meta = JSON.parse(raw.toString('utf8', 0, cut)) as { createdAt: number; usage: TokenUsage | null };
+    return { createdAt: meta.createdAt, usage: meta.usage, body: raw.subarray(cut + 1) };
+  } catch {
+    return null;
+  }
 }
 
 /** Where entries and single-flight locks live. */
@@ -62,8 +84,8 @@ export class RedisCacheStore implements CacheStore {
   }
 
   async get(id: string): Promise<CacheEntry | null> {
-    const raw = await this.redis.get(this.entryKey(id));
-    return raw === null ? null : (JSON.parse(raw) as CacheEntry);
+    const raw = await this.redis.getBuffer(this.entryKey(id));
+    return raw === null ? null : decodeEntry(raw);
   }
 
   async lock(id: string, ttlMs: number): Promise<boolean> {
@@ -74,7 +96,7 @@ export class RedisCacheStore implements CacheStore {
     // Both commands leave in one write, the entry first (one connection keeps their order),
     // so a waiter that sees the lock gone finds the entry.
     await Promise.all([
-      entry ? this.redis.set(this.entryKey(id), JSON.stringify(entry), 'PX', ttlMs) : null,
+      entry ? this.redis.set(this.entryKey(id), encodeEntry(entry), 'PX', ttlMs) : null,
       this.redis.del(this.lockKey(id)),
     ]);
   }

@@ -88,7 +88,7 @@ export class ResponseCache {
   private nearPut(id: string, entry: CacheEntry): void {
     if (!this.nearTier) return;
     this.nearDrop(id);
-    const bytes = entry.body.length * 2;
+    const bytes = entry.body.length;
     const remaining = this.cfg.ttlSeconds * 1000 - (Date.now() - entry.createdAt);
     const ttl = Math.min(LOCAL_TTL_MS, remaining);
     if (ttl <= 0 || bytes > LOCAL_MAX_BYTES / 16) return;

@@ -1,5 +1,6 @@
 import type { ModelConfig } from '../config/schema.js';
 import { invalidRequest } from '../errors/gateway-error.js';
+import { checkJsonDepth } from '../server/json-depth.js';
 
 /** A chat completion request as the client sent it; fields we do not know pass through untouched. */
 export interface ChatRequest {
@@ -41,6 +42,7 @@ export function parseChatRequest(raw: Buffer | string, contentType: string | und
     );
   }
   if (!isObject(body)) throw invalidRequest('The request body must be a JSON object.');
+  checkJsonDepth(body);
   if (body['model'] !== undefined && typeof body['model'] !== 'string') {
     throw invalidRequest("Invalid type for 'model': expected a string.", 'model');
   }

@@ -130,7 +130,7 @@ export async function relayJson(x: Exchange, res: UpstreamResponse): Promise<Res
   sink.writeHead(res.status, jsonHeaders(x, res.headers, body.length));
   sink.end(body);
   if (x.capture && res.status === 200 && body.length <= x.maxEntryBytes) {
-    x.capture({ createdAt: Date.now(), body: body.toString('utf8'), usage: trace.usage });
+    x.capture({ createdAt: Date.now(), body, usage: trace.usage });
   }
   return sink.response();
 }
@@ -189,9 +189,8 @@ export async function relayStream(x: Exchange, res: UpstreamResponse): Promise<R
   res.settle(true);
   sink.end();
   if (assembler?.ok && !relay.errorEvent && x.capture) {
-    const body = assembler.completion();
-    if (Buffer.byteLength(body) <= x.maxEntryBytes)
-      x.capture({ createdAt: Date.now(), body, usage: trace.usage });
+    const body = Buffer.from(assembler.completion());
+    if (body.length <= x.maxEntryBytes) x.capture({ createdAt: Date.now(), body, usage: trace.usage });
   }
   return sink.response();
 }

@@ -10,9 +10,9 @@ export function serveHit(x: Exchange, entry: CacheEntry): Response {
   trace.ttftMs = performance.now() - trace.startedAt;
   if (trace.stream) {
     sink.writeHead(200, sseHeaders(x, null));
-    sink.end(completionToSse(entry.body, req.stream_options?.include_usage === true));
+    sink.end(completionToSse(entry.body.toString('utf8'), req.stream_options?.include_usage === true));
   } else {
-    const body = Buffer.from(entry.body);
+    const body = entry.body;
     sink.writeHead(200, jsonHeaders(x, null, body.length));
     sink.end(body);
   }
