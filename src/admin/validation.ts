@@ -1,6 +1,7 @@
 import type { Context } from 'hono';
 import type { z } from 'zod';
 import { GatewayError, invalidRequest } from '../errors/gateway-error.js';
+import { checkJsonDepth } from '../server/json-depth.js';
 import { readBody } from '../server/read-body.js';
 
 const ADMIN_BODY_LIMIT = 1024 * 1024;
@@ -15,6 +16,7 @@ export async function jsonBody<T extends z.ZodType>(c: Context, schema: T): Prom
     } catch {
       throw invalidRequest('The request body is not valid JSON.');
     }
+    checkJsonDepth(value);
   }
   return parse(schema, value);
 }

@@ -52,7 +52,8 @@ return {false, 0}
 `;
 
 type Scripted = RedisClient & {
-  tollgateCacheGetOrLock(entry: string, lock: string, ttl: number): Promise<[string | null, number]>;
+  /** The Buffer-reply form ioredis defines next to every script: entries are raw bytes. */
+  tollgateCacheGetOrLockBuffer(entry: string, lock: string, ttl: number): Promise<[Buffer | null, number]>;
 };
 
 export class RedisCacheStore implements CacheStore {
@@ -75,12 +76,12 @@ export class RedisCacheStore implements CacheStore {
   }
 
   async getOrLock(id: string, lockTtlMs: number): Promise<{ entry: CacheEntry | null; locked: boolean }> {
-    const [raw, locked] = await this.redis.tollgateCacheGetOrLock(
+    const [raw, locked] = await this.redis.tollgateCacheGetOrLockBuffer(
       this.entryKey(id),
       this.lockKey(id),
       lockTtlMs,
     );
-    return { entry: raw ? (JSON.parse(raw) as CacheEntry) : null, locked: locked === 1 };
+    return { entry: raw ? decodeEntry(raw) : null, locked: Number(locked) === 1 };
   }
 
   async get(id: string): Promise<CacheEntry | null> {

@@ -1,5 +1,6 @@
 import { hashKey, isWellFormedKey } from '../auth/key-format.js';
 import { GatewayError } from '../errors/gateway-error.js';
+import { withDeadline } from '../store/redis.js';
 import type { KeyStore } from './store.js';
 import type { KeyRecord, TeamRecord } from './types.js';
 
@@ -35,16 +36,23 @@ export class KeyService {
     private readonly store: KeyStore,
     fileKeys: KeyRecord[] = [],
     private readonly now: () => number = Date.now,
+    /** Deadline of a lookup in the store (hot path); null: none (an in-memory store). */
+    private readonly deadlineMs: number | null = null,
   ) {
     for (const k of fileKeys) for (const s of k.secrets) this.fileKeys.set(s.sha256, k);
     store.onInvalidate((id) => this.invalidate(id));
   }
 
-  /** Drops cached entries for one key id, or everything for '*'. */
+  /**
+   * Drops cached entries for one key id (changed or revoked). For '*' (notifications may have
+   * been missed, or a team changed) every entry must be checked with the store again, but stays
+   * as the fallback while the store cannot answer: after a Redis restart the subscriber may be
+   * back before the main connection, and known keys must keep working meanwhile.
+   */
   invalidate(id: string): void {
     if (id === '*') {
-      this.byHash.clear();
-      this.teams.clear();
+      for (const c of this.byHash.values()) c.at = Number.NEGATIVE_INFINITY;
+      for (const c of this.teams.values()) c.at = Number.NEGATIVE_INFINITY;
       return;
     }
     for (const [hash, c] of this.byHash) if (c.value?.id === id) this.byHash.delete(hash);
@@ -74,7 +82,7 @@ export class KeyService {
     // Without live change notifications a cached key might have been revoked elsewhere: ask the store.
     if (cached && now - cached.at < ttl && this.store.live) return cached.value;
     try {
-      const value = await this.store.getByHash(hash);
+      const value = await this.bounded(this.store.getByHash(hash));
       if (this.byHash.size >= MAX_ENTRIES) this.byHash.clear();
       this.byHash.set(hash, { value, at: now });
       return value;
@@ -84,12 +92,16 @@ export class KeyService {
     }
   }
 
+  private bounded<T>(p: Promise<T>): Promise<T> {
+    return this.deadlineMs === null ? p : withDeadline(p, this.deadlineMs);
+  }
+
   async team(name: string): Promise<TeamRecord | null> {
     const now = this.now();
     const cached = this.teams.get(name);
     if (cached && now - cached.at < POSITIVE_TTL_MS && this.store.live) return cached.value;
     try {
-      const value = await this.store.getTeam(name);
+      const value = await this.bounded(this.store.getTeam(name));
       this.teams.set(name, { value, at: now });
       return value;
     } catch {

@@ -104,22 +104,42 @@ end
 return 1
 `;
 
-type Scripted = RedisClient & {
-  tollgateAdmit(...args: (string | number)[]): Promise<(string | number)[]>;
-  tollgateSettle(...args: (string | number)[]): Promise<number>;
-};
+type Script = (...args: (string | number)[]) => Promise<unknown>;
+
+/** A key and, when it has one, its team: the most dimensions a request has. */
+const MAX_DIMS = 2;
 
 /** Limits in Redis: one Lua call to admit, one to settle, shared by every instance. */
 export class RedisLimitStore implements LimitStore {
-  private readonly redis: Scripted;
+  private readonly redis: RedisClient;
+  private readonly scripts = new Map<string, Script>();
 
   constructor(
     redis: RedisClient,
     private readonly prefix: string,
   ) {
-    redis.defineCommand('tollgateAdmit', { lua: ADMIT });
-    redis.defineCommand('tollgateSettle', { lua: SETTLE });
-    this.redis = redis as Scripted;
+    this.redis = redis;
+    // One definition per number of dimensions, with its fixed number of keys, so a call's first
+    // argument is its first key: ioredis's auto-pipelining groups Cluster commands by the slot of
+    // the first argument, and a leading key count would put the call in another node's pipeline
+    // (which then fails as a whole: "All keys in the pipeline should belong to the same slots").
+    // Defined up front: pipelines copy the commands defined when they are created.
+    for (let n = 1; n <= MAX_DIMS; n++) {
+      for (const [kind, lua] of [
+        ['Admit', ADMIT],
+        ['Settle', SETTLE],
+      ] as const) {
+        const name = `tollgate${kind}${n}`;
+        redis.defineCommand(name, { numberOfKeys: n * KEYS_PER_DIM, lua });
+        this.scripts.set(name, (...args) => (redis as unknown as Record<string, Script>)[name]!(...args));
+      }
+    }
+  }
+
+  private script(kind: 'Admit' | 'Settle', dims: number): Script {
+    const s = this.scripts.get(`tollgate${kind}${dims}`);
+    if (!s) throw new Error(`no limit script for ${dims} dimensions`);
+    return s;
   }
 
   private keys(dims: Dimension[], day: string, month: string): string[] {
@@ -135,7 +155,7 @@ export class RedisLimitStore implements LimitStore {
     const args: (string | number)[] = [i.now, member, i.tokens, i.leaseTtlMs, i.hit ? '1' : '0'];
     for (const d of i.dims)
       args.push(d.rpm ?? -1, d.tpm ?? -1, d.maxConcurrent ?? -1, d.budgetNano ?? -1, d.period);
-    const res = await this.redis.tollgateAdmit(keys.length, ...keys, ...args);
+    const res = (await this.script('Admit', i.dims.length)(...keys, ...args)) as (string | number)[];
     if (Number(res[0]) !== 1) {
       return {
         ok: false,
@@ -158,8 +178,7 @@ export class RedisLimitStore implements LimitStore {
 
   async settle(s: SettleInput): Promise<void> {
     const keys = this.keys(s.dims, s.day, s.month);
-    await this.redis.tollgateSettle(
-      keys.length,
+    await this.script('Settle', s.dims.length)(
       ...keys,
       s.now,
       s.lease,

@@ -52,16 +52,25 @@ export interface Health {
 }
 
 const SANE_REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
+/** Anything shaped like a tollgate client key (well-formed or not). */
+const KEY_LIKE = /sk-tg-[0-9A-Za-z]{16}/;
 
 /** Builds the HTTP app. Pure: no I/O happens until a request arrives. */
 export function createApp(deps: AppDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
   const { config, logger } = deps;
 
+  // A request id that carries a credential is not adopted: it would be logged and echoed.
+  const secrets = [
+    config.admin.apiKey,
+    config.metrics.bearerToken,
+    ...config.upstreams.map((u) => u.apiKey),
+  ].filter((s): s is string => typeof s === 'string' && s.length >= 8);
+  const adoptable = (id: string): boolean =>
+    SANE_REQUEST_ID.test(id) && !KEY_LIKE.test(id) && !secrets.some((s) => id.includes(s));
   app.use('*', async function requestId(c, next) {
     const given = c.req.header('x-request-id');
-    const id =
-      given !== undefined && SANE_REQUEST_ID.test(given) ? given : `req_${randomUUID().replaceAll('-', '')}`;
+    const id = given !== undefined && adoptable(given) ? given : `req_${randomUUID().replaceAll('-', '')}`;
     c.set('requestId', id);
     c.set('startedAt', performance.now());
     c.set('responseHeaders', {});

@@ -45,7 +45,12 @@ export function buildRuntime(config: Config, logger: Logger): Runtime {
   }
   const keyStore: KeyStore =
     redis && subscriber ? new RedisKeyStore(redis, subscriber, prefix) : new MemoryKeyStore();
-  const keys = new KeyService(keyStore, fileKeys(config));
+  const keys = new KeyService(
+    keyStore,
+    fileKeys(config),
+    Date.now,
+    redis ? (config.redis?.commandTimeoutMs ?? 100) : null,
+  );
   const metrics = config.metrics.enabled ? new Metrics(config.metrics.keyLabels) : null;
   const upstreams = new Map<string, Upstream>();
   for (const u of config.upstreams) upstreams.set(u.name, createUpstream(u, config.routing.timeouts));

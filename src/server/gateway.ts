@@ -69,15 +69,25 @@ async function drain(
   runtime.health.draining = true;
   logger.info({ drainDelaySeconds: config.server.drainDelaySeconds }, 'draining: readiness is off');
   await sleep(config.server.drainDelaySeconds * 1000);
+  // Closed after a poll phase of the event loop, not straight from the timer: connections the
+  // kernel has completed meanwhile (the loop may have been busy) are accepted first, where a
+  // close would have reset them with their request already sent.
+  await new Promise((resolve) => setImmediate(resolve));
+  // From here on every answer says `Connection: close`, so clients stop reusing connections and
+  // their next request finds the listener closed (refused at connect: safe to retry elsewhere).
+  sockets.stopKeepAlive();
+  // http.Server's close() also destroys every idle keep-alive connection at once, racing a
+  // client that is sending its next request on one right then: that step is skipped here, and
+  // idle connections are closed below once they have stayed idle.
+  server.closeIdleConnections = () => {};
   const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-  // Connections that finish their last request become idle; close them as they do. Node's own
-  // closeIdleConnections misses sockets that never sent a request, so those are closed here too.
-  const closeIdle = (): void => {
-    server.closeIdleConnections();
-    sockets.destroyIdle();
-  };
-  const idle = setInterval(closeIdle, 50);
-  closeIdle();
+  delete (server as Partial<Server>).closeIdleConnections;
+  logger.info('listener closed');
+  // Connections with no request in progress are closed once they have stayed idle for a moment
+  // (a busy client's next request arrives well within it, and is answered); sockets that never
+  // sent a request too, which Node's own closeIdleConnections would miss.
+  const idle = setInterval(() => sockets.destroyIdle(IDLE_CLOSE_MS), 50);
+  sockets.destroyIdle(IDLE_CLOSE_MS);
   const grace = sleep(config.server.shutdownGraceSeconds * 1000).then(() => 'timeout' as const);
   const outcome = await Promise.race([closed.then(() => 'done' as const), grace]);
   clearInterval(idle);
@@ -104,27 +114,59 @@ async function startMetricsListener(config: Config, runtime: Runtime): Promise<S
   return server;
 }
 
+/** How long a connection must have been idle before the drain closes it. */
+const IDLE_CLOSE_MS = 250;
+
 interface SocketTracker {
-  destroyIdle(): void;
+  /** Destroys connections with no request in progress for at least `minIdleMs`. */
+  destroyIdle(minIdleMs: number): void;
+  /** `Connection: close` on every answer not yet started, now and from now on. */
+  stopKeepAlive(): void;
 }
 
-/** Counts the requests in progress on each connection, so idle ones can be closed on drain. */
+/** Follows the requests in progress on each connection, so idle ones can be closed on drain. */
 function trackSockets(server: Server): SocketTracker {
-  const active = new Map<Socket, number>();
+  const sockets = new Map<Socket, { active: number; idleSince: number }>();
+  const pending = new Set<ServerResponse>();
+  let keepAlive = true;
   server.on('connection', (socket: Socket) => {
-    active.set(socket, 0);
-    socket.once('close', () => active.delete(socket));
+    sockets.set(socket, { active: 0, idleSince: performance.now() });
+    socket.once('close', () => sockets.delete(socket));
   });
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-    const socket = req.socket;
-    active.set(socket, (active.get(socket) ?? 0) + 1);
+    const state = sockets.get(req.socket);
+    if (state) state.active++;
+    if (!keepAlive) res.setHeader('connection', 'close');
+    else pending.add(res);
     res.once('close', () => {
-      if (active.has(socket)) active.set(socket, Math.max(0, (active.get(socket) ?? 1) - 1));
+      pending.delete(res);
+      if (state && --state.active <= 0) {
+        state.active = 0;
+        state.idleSince = performance.now();
+      }
     });
   });
   return {
-    destroyIdle() {
-      for (const [socket, n] of active) if (n === 0) socket.destroy();
+    destroyIdle(minIdleMs) {
+      const now = performance.now();
+      const idle: [Socket, number][] = [];
+      for (const [socket, state] of sockets) {
+        if (state.active === 0 && now - state.idleSince >= minIdleMs) idle.push([socket, state.idleSince]);
+      }
+      if (idle.length === 0) return;
+      // Destroyed only after the next poll phase: a request already received by the kernel but
+      // not read yet (the loop was busy) is read and started first, and its socket spared.
+      setImmediate(() => {
+        for (const [socket, since] of idle) {
+          const state = sockets.get(socket);
+          if (state && state.active === 0 && state.idleSince === since) socket.destroy();
+        }
+      });
+    },
+    stopKeepAlive() {
+      keepAlive = false;
+      for (const res of pending) if (!res.headersSent) res.setHeader('connection', 'close');
+      pending.clear();
     },
   };
 }
