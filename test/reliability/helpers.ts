@@ -2,6 +2,7 @@
 // the error-envelope check, SSE parsing, usage totals and metric reads.
 
 import type { Registry } from 'prom-client';
+import { type Dispatcher, fetch as undiciFetch } from 'undici';
 
 export interface Answer {
   /** HTTP status, or 0 when the call failed without an answer (see `error`). */
@@ -20,20 +21,25 @@ export interface CallInit {
   body?: string | Uint8Array;
   /** Abort the call (and count it as a hang) after this long; default 10 s. */
   timeoutMs?: number;
+  /** A connection pool of the caller's own (undici's fetch is used then). */
+  dispatcher?: Dispatcher;
 }
 
 /** One HTTP call that always resolves: status 0 and `error` when no answer came in time. */
 export async function call(url: string, init: CallInit = {}): Promise<Answer> {
   const started = performance.now();
   try {
-    const res = await fetch(url, {
+    const options = {
       method: init.method ?? 'GET',
       headers: init.headers ?? {},
       ...(init.body !== undefined && { body: init.body }),
       signal: AbortSignal.timeout(init.timeoutMs ?? 10_000),
-    });
+    };
+    const res = init.dispatcher
+      ? await undiciFetch(url, { ...options, dispatcher: init.dispatcher })
+      : await fetch(url, options);
     const text = await res.text();
-    return { status: res.status, headers: res.headers, text, ms: performance.now() - started };
+    return { status: res.status, headers: res.headers as Headers, text, ms: performance.now() - started };
   } catch (err) {
     const e = err as Error & { cause?: { code?: string; message?: string } };
     return {
@@ -55,13 +61,14 @@ export function chat(
   key: string,
   content: string,
   extra: Record<string, unknown> = {},
-  opts: { timeoutMs?: number; headers?: Record<string, string> } = {},
+  opts: { timeoutMs?: number; headers?: Record<string, string>; dispatcher?: Dispatcher } = {},
 ): Promise<Answer> {
   return call(`${url}/v1/chat/completions`, {
     method: 'POST',
     headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', ...opts.headers },
     body: chatBody(content, extra),
     ...(opts.timeoutMs !== undefined && { timeoutMs: opts.timeoutMs }),
+    ...(opts.dispatcher !== undefined && { dispatcher: opts.dispatcher }),
   });
 }
 
