@@ -1,4 +1,4 @@
-import { UsageError } from './command.js';
+import { type CliIO, flag, UsageError, type Values } from './command.js';
 
 // Output formatting: aligned text tables, RFC 4180 CSV and JSON. Pure functions only.
 
@@ -184,4 +184,15 @@ export function formatUsageTable(rows: Record<string, unknown>[]): string {
     [...body, total],
     columns.map((c) => (numeric.has(c) ? 'right' : 'left')),
   );
+}
+
+/** Prints the answer to a change: the JSON with `--json`, else a line and the changed record. */
+export function printChange(io: CliIO, values: Values, res: unknown, what: string): number {
+  if (flag(values, 'json')) {
+    io.out(formatJson(res));
+    return 0;
+  }
+  io.out(`Updated ${what}`);
+  if (res && typeof res === 'object') io.out(formatRecord(res as Record<string, unknown>));
+  return 0;
 }

@@ -20,7 +20,7 @@ import {
   UsageError,
   type Values,
 } from './command.js';
-import { type Column, formatJson, formatRecord, parseFormat, renderRows } from './format.js';
+import { type Column, formatJson, formatRecord, parseFormat, printChange, renderRows } from './format.js';
 
 // `tollgate keys ...`: team API keys through the admin API, plus the offline `hash` and `generate`.
 
@@ -387,13 +387,7 @@ const update: Command = {
     const body = keyUpdateBody(values);
     const client = adminClient(io.env, values, io.fetch);
     const res = await client.json<Json>('PATCH', `/admin/keys/${encodeURIComponent(id)}`, { body });
-    if (flag(values, 'json')) {
-      io.out(formatJson(res));
-      return 0;
-    }
-    io.out(`Updated key ${id}`);
-    if (res && typeof res === 'object') io.out(formatRecord(res));
-    return 0;
+    return printChange(io, values, res, `key ${id}`);
   },
 };
 

@@ -10,7 +10,7 @@ import {
   UsageError,
   type Values,
 } from './command.js';
-import { type Column, formatJson, formatRecord, parseFormat, renderRows } from './format.js';
+import { type Column, formatJson, formatRecord, parseFormat, printChange, renderRows } from './format.js';
 import { budgetFromValues, budgetText, LIMIT_OPTIONS, limitsFromValues } from './keys.js';
 
 // `tollgate teams ...`: team-wide limits and budgets (root admin only).
@@ -76,13 +76,7 @@ const set: Command = {
     const body = teamSetBody(values);
     const client = adminClient(io.env, values, io.fetch);
     const res = await client.json<Json>('PUT', `/admin/teams/${encodeURIComponent(team)}`, { body });
-    if (flag(values, 'json')) {
-      io.out(formatJson(res));
-      return 0;
-    }
-    io.out(`Updated team ${team}`);
-    if (res && typeof res === 'object') io.out(formatRecord(res));
-    return 0;
+    return printChange(io, values, res, `team ${team}`);
   },
 };
 
