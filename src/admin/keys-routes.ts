@@ -1,6 +1,6 @@
 import { Hono } from 'hono';
 import type { KeyAdmin } from '../keys/key-admin.js';
-import { publicKey } from '../keys/types.js';
+import { type KeyRecord, publicKey } from '../keys/types.js';
 import type { AdminEnv } from './admin-auth.js';
 import { createKeySchema, pageQuery, rotateSchema, updateKeySchema } from './schemas.js';
 import { jsonBody, parse } from './validation.js';
@@ -8,7 +8,7 @@ import { jsonBody, parse } from './validation.js';
 export interface KeyRoutesDeps {
   admin: KeyAdmin;
   /** Current-period spend and remaining limits of a key, for the detail view. */
-  status?: (keyId: string) => Promise<Record<string, unknown>>;
+  status?: (key: KeyRecord) => Promise<Record<string, unknown>>;
   /** Called after a key is revoked (metrics drop its series). */
   onRevoked?: (key: { name: string; team: string | null }) => void;
 }
@@ -31,7 +31,7 @@ export function keyRoutes(deps: KeyRoutesDeps): Hono<AdminEnv> {
 
   app.get('/:id', async (c) => {
     const key = await deps.admin.visible(c.var.actor, c.req.param('id'));
-    const status = deps.status ? await deps.status(key.id) : {};
+    const status = deps.status ? await deps.status(key) : {};
     // The key's own fields are the contract: status details never overwrite them.
     return c.json({ ...status, ...publicKey(key) });
   });

@@ -177,9 +177,8 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     '/keys',
     keyRoutes({
       admin: deps.keyAdmin,
-      status: async (id) => {
-        const key = await deps.keyStore.get(id);
-        if (!key) return {};
+      // The route has loaded the key already; only its team is looked up here.
+      status: async (key) => {
         const team = key.team === null ? null : await deps.keys.team(key.team);
         const { limits, spend, remaining, team: teamStatus } = await deps.limiter.status({ key, team });
         return { effectiveLimits: limits, spend, remaining, teamLimits: teamStatus };
