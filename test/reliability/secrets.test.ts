@@ -158,7 +158,8 @@ describe('secrets in the wrong places', () => {
       `Bearer Bearer ${ADMIN_KEY}`,
       `Bearer ${ADMIN_KEY.slice(0, -1)}`,
       `${UPSTREAM_KEY} Bearer`,
-      `Bearer ${client.slice(0, -1)}Z`, // checksum wrong
+      // Checksum wrong: the last character changed (to one it is not already).
+      `Bearer ${client.slice(0, -1)}${client.endsWith('Z') ? 'Y' : 'Z'}`,
     ];
     for (const authorization of malformed) {
       for (const [method, path] of [
