@@ -75,8 +75,10 @@ export class Limiter {
     this.renewTimer.unref();
   }
 
-  close(): void {
+  /** Stops lease renewal and writes the settlements the store still holds. */
+  async close(): Promise<void> {
     clearInterval(this.renewTimer);
+    await this.shared?.flush?.().catch(() => {});
   }
 
   /** The dimensions of a key: itself (defaults fill missing limits) and its team, if any. */

@@ -15,13 +15,49 @@ import type {
 // and spend counters for the day, the month and all time.
 const KEYS_PER_DIM = 5;
 
-// Admission: every dimension is checked first and only if all admit is anything written,
-// so a refusal consumes nothing anywhere. Buckets refill continuously (capacity = limit per
-// minute). Numbers go back as strings because Redis truncates Lua numbers to integers.
-const ADMIT = `
+// Settlement of the requests that ended on one set of dimensions: tokens corrected by their real
+// usage (refund or charge, summed), their leases released, their real cost added to the spend
+// counters. Shared by the settle script and the admission's prelude (below).
+// ARGV from \`at\`: token delta, cost, number of leases, the leases; \`tpm(d)\` gives a dimension's limit.
+const SETTLE_FN = `
+local function settle(at, tpm)
+  local delta, cost, n = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+  if n == 0 and delta == 0 and cost == 0 then return end
+  local now = tonumber(ARGV[1])
+  for d = 0, #KEYS / ${KEYS_PER_DIM} - 1 do
+    local k = d * ${KEYS_PER_DIM}
+    local limit = tpm(d)
+    if limit >= 0 and delta ~= 0 then
+      local st = redis.call('HMGET', KEYS[k + 1], 't', 'tt')
+      local t = tonumber(st[1])
+      if t ~= nil then
+        t = math.min(limit, t + (now - tonumber(st[2])) * limit / 60000 - delta)
+        redis.call('HSET', KEYS[k + 1], 't', tostring(t), 'tt', now)
+      end
+    end
+    if n > 0 then redis.call('ZREM', KEYS[k + 2], unpack(ARGV, at + 3, at + 2 + n)) end
+    if cost > 0 then
+      redis.call('INCRBY', KEYS[k + 3], cost)
+      redis.call('EXPIRE', KEYS[k + 3], 172800)
+      redis.call('INCRBY', KEYS[k + 4], cost)
+      redis.call('EXPIRE', KEYS[k + 4], 3456000)
+      redis.call('INCRBY', KEYS[k + 5], cost)
+    end
+  end
+end
+`;
+
+// Admission: first the settlements waiting on these dimensions (so a key's next request finds
+// its previous one's slot free and tokens refunded, with no round trip of their own), then every
+// dimension is checked and only if all admit is anything written, so a refusal consumes nothing
+// anywhere. Buckets refill continuously (capacity = limit per minute). Numbers go back as
+// strings because Redis truncates Lua numbers to integers.
+// ARGV: now, lease member, tokens needed, lease TTL, hit, 5 per dimension, then the settlement.
+const ADMIT = `${SETTLE_FN}
 local now, member, need, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local hit = ARGV[5] == '1'
 local ndim = #KEYS / ${KEYS_PER_DIM}
+settle(6 + ndim * 5, function(d) return tonumber(ARGV[7 + d * 5]) end)
 local rs, ts = {}, {}
 for d = 0, ndim - 1 do
   local k, a = d * ${KEYS_PER_DIM}, 6 + d * 5
@@ -62,9 +98,13 @@ local out = {1}
 for d = 0, ndim - 1 do
   local k = d * ${KEYS_PER_DIM}
   local r, t = rs[d], ts[d]
-  if r ~= nil then r = r - 1; redis.call('HSET', KEYS[k + 1], 'r', tostring(r), 'rt', now) end
-  if t ~= nil then
-    if not hit then t = t - need end
+  if r ~= nil then r = r - 1 end
+  if t ~= nil and not hit then t = t - need end
+  if r ~= nil and t ~= nil then
+    redis.call('HSET', KEYS[k + 1], 'r', tostring(r), 'rt', now, 't', tostring(t), 'tt', now)
+  elseif r ~= nil then
+    redis.call('HSET', KEYS[k + 1], 'r', tostring(r), 'rt', now)
+  elseif t ~= nil then
     redis.call('HSET', KEYS[k + 1], 't', tostring(t), 'tt', now)
   end
   if r ~= nil or t ~= nil then redis.call('PEXPIRE', KEYS[k + 1], 3600000) end
@@ -76,31 +116,11 @@ end
 return out
 `;
 
-// Settlement: tokens corrected by the real usage (refund or charge), the lease released,
-// the real cost added to the spend counters.
-const SETTLE = `
-local now, member, delta, cost = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+// Settlements no admission has carried yet. ARGV: now, the settlement, then each dimension's tpm.
+const SETTLE = `${SETTLE_FN}
 local ndim = #KEYS / ${KEYS_PER_DIM}
-for d = 0, ndim - 1 do
-  local k = d * ${KEYS_PER_DIM}
-  local tpm = tonumber(ARGV[5 + d])
-  if tpm >= 0 and delta ~= 0 then
-    local st = redis.call('HMGET', KEYS[k + 1], 't', 'tt')
-    local t = tonumber(st[1])
-    if t ~= nil then
-      t = math.min(tpm, t + (now - tonumber(st[2])) * tpm / 60000 - delta)
-      redis.call('HSET', KEYS[k + 1], 't', tostring(t), 'tt', now)
-    end
-  end
-  redis.call('ZREM', KEYS[k + 2], member)
-  if cost > 0 then
-    redis.call('INCRBY', KEYS[k + 3], cost)
-    redis.call('EXPIRE', KEYS[k + 3], 172800)
-    redis.call('INCRBY', KEYS[k + 4], cost)
-    redis.call('EXPIRE', KEYS[k + 4], 3456000)
-    redis.call('INCRBY', KEYS[k + 5], cost)
-  end
-end
+local n = tonumber(ARGV[4])
+settle(2, function(d) return tonumber(ARGV[5 + n + d]) end)
 return 1
 `;
 
@@ -108,11 +128,32 @@ type Script = (...args: (string | number)[]) => Promise<unknown>;
 
 /** A key and, when it has one, its team: the most dimensions a request has. */
 const MAX_DIMS = 2;
+/** How long a settlement waits for an admission on the same dimensions to carry it. */
+const SETTLE_WAIT_MS = 20;
+/** Most leases released by one call (Lua's unpack has a limit). */
+const MAX_LEASES = 1000;
 
-/** Limits in Redis: one Lua call to admit, one to settle, shared by every instance. */
+/** Settlements of requests on one set of dimensions (and one day), summed until they are written. */
+interface PendingSettle {
+  keys: string[];
+  dims: Dimension[];
+  now: number;
+  tokenDelta: number;
+  costNano: number;
+  leases: string[];
+  waiters: { resolve: () => void; reject: (err: unknown) => void }[];
+}
+
+/**
+ * Limits in Redis: one Lua call admits a request, shared by every instance. Settlements are
+ * summed per set of dimensions and ride along with the next admission on those dimensions (the
+ * same Lua call), or go on their own after SETTLE_WAIT_MS when no admission comes.
+ */
 export class RedisLimitStore implements LimitStore {
   private readonly redis: RedisClient;
   private readonly scripts = new Map<string, Script>();
+  private readonly pending = new Map<string, PendingSettle>();
+  private timer: NodeJS.Timeout | null = null;
 
   constructor(
     redis: RedisClient,
@@ -143,19 +184,33 @@ export class RedisLimitStore implements LimitStore {
   }
 
   private keys(dims: Dimension[], day: string, month: string): string[] {
-    return dims.flatMap((d) => {
+    const keys: string[] = [];
+    for (const d of dims) {
       const base = `{${this.prefix}lim:${d.tag}}:${d.id}`;
-      return [`${base}:b`, `${base}:l`, `${base}:sd:${day}`, `${base}:sm:${month}`, `${base}:st`];
-    });
+      keys.push(`${base}:b`, `${base}:l`, `${base}:sd:${day}`, `${base}:sm:${month}`, `${base}:st`);
+    }
+    return keys;
   }
 
   async admit(i: AdmitInput): Promise<AdmitResult> {
     const member = `${i.leaseId}|${i.costNano}`;
     const keys = this.keys(i.dims, i.day, i.month);
-    const args: (string | number)[] = [i.now, member, i.tokens, i.leaseTtlMs, i.hit ? '1' : '0'];
+    const args: (string | number)[] = [...keys, i.now, member, i.tokens, i.leaseTtlMs, i.hit ? '1' : '0'];
     for (const d of i.dims)
       args.push(d.rpm ?? -1, d.tpm ?? -1, d.maxConcurrent ?? -1, d.budgetNano ?? -1, d.period);
-    const res = (await this.script('Admit', i.dims.length)(...keys, ...args)) as (string | number)[];
+    const group = keys.join(' ');
+    const carried = this.pending.get(group);
+    if (carried) this.pending.delete(group);
+    pushSettlement(args, carried);
+    let res: (string | number)[];
+    try {
+      res = (await this.script('Admit', i.dims.length)(...args)) as (string | number)[];
+    } catch (err) {
+      // Not written: the settlements go back in line for a call of their own.
+      if (carried) this.enqueue(group, carried);
+      throw err;
+    }
+    if (carried) for (const w of carried.waiters) w.resolve();
     if (Number(res[0]) !== 1) {
       return {
         ok: false,
@@ -176,15 +231,63 @@ export class RedisLimitStore implements LimitStore {
     return { ok: true, views, lease: member };
   }
 
-  async settle(s: SettleInput): Promise<void> {
+  /** Resolves once the settlement is written (with an admission, or on its own). */
+  settle(s: SettleInput): Promise<void> {
     const keys = this.keys(s.dims, s.day, s.month);
-    await this.script('Settle', s.dims.length)(
-      ...keys,
-      s.now,
-      s.lease,
-      s.tokenDelta,
-      s.costNano,
-      ...s.dims.map((d) => d.tpm ?? -1),
+    return new Promise<void>((resolve, reject) => {
+      this.enqueue(keys.join(' '), {
+        keys,
+        dims: s.dims,
+        now: s.now,
+        tokenDelta: s.tokenDelta,
+        costNano: s.costNano,
+        leases: [s.lease],
+        waiters: [{ resolve, reject }],
+      });
+    });
+  }
+
+  /** Writes every waiting settlement now (the timer's job; also at shutdown). */
+  async flush(): Promise<void> {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    const all = [...this.pending.values()];
+    this.pending.clear();
+    await Promise.allSettled(all.map((p) => this.write(p)));
+  }
+
+  /** Adds settlements to those waiting on the same dimensions. */
+  private enqueue(group: string, s: PendingSettle): void {
+    const p = this.pending.get(group);
+    if (!p) this.pending.set(group, s);
+    else {
+      p.dims = s.dims;
+      p.now = Math.max(p.now, s.now);
+      p.tokenDelta += s.tokenDelta;
+      p.costNano += s.costNano;
+      p.leases.push(...s.leases);
+      p.waiters.push(...s.waiters);
+      if (p.leases.length >= MAX_LEASES) {
+        this.pending.delete(group);
+        void this.write(p);
+        return;
+      }
+    }
+    this.timer ??= setTimeout(() => void this.flush(), SETTLE_WAIT_MS).unref();
+  }
+
+  private write(p: PendingSettle): Promise<void> {
+    const args: (string | number)[] = [...p.keys, p.now];
+    pushSettlement(args, p);
+    for (const d of p.dims) args.push(d.tpm ?? -1);
+    const settle = this.script('Settle', p.dims.length);
+    return settle(...args).then(
+      () => {
+        for (const w of p.waiters) w.resolve();
+      },
+      (err: unknown) => {
+        for (const w of p.waiters) w.reject(err);
+      },
     );
   }
 
@@ -213,6 +316,15 @@ export class RedisLimitStore implements LimitStore {
     const [d, m, t] = await this.redis.mget(k[2]!, k[3]!, k[4]!);
     return { day: Number(d ?? 0), month: Number(m ?? 0), total: Number(t ?? 0) };
   }
+}
+
+/** Appends a settlement's ARGV part: token delta, cost, number of leases, the leases. */
+function pushSettlement(args: (string | number)[], p: PendingSettle | undefined): void {
+  if (!p) {
+    args.push(0, 0, 0);
+    return;
+  }
+  args.push(p.tokenDelta, p.costNano, p.leases.length, ...p.leases);
 }
 
 function level(

@@ -71,6 +71,8 @@ export interface SpendView {
 export interface LimitStore {
   admit(input: AdmitInput): Promise<AdmitResult>;
   settle(input: SettleInput): Promise<void>;
+  /** Writes settlements still held back (at shutdown). */
+  flush?(): Promise<void>;
   /** Extends the leases of requests still running. */
   renew(dims: Dimension[], lease: string, expiresAt: number): Promise<void>;
   spend(dim: Dimension, day: string, month: string): Promise<SpendView>;

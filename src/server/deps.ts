@@ -114,7 +114,7 @@ export function buildRuntime(config: Config, logger: Logger): Runtime {
     limiter,
     cache,
     async close() {
-      limiter.close();
+      await limiter.close();
       await usage.close();
       await Promise.allSettled([...upstreams.values()].map((u) => u.pool.close()));
       await keyStore.close();

@@ -113,6 +113,37 @@ describe.each([
     expect((await s.admit(input([d], { now: 1_060_001 }))).ok).toBe(true);
   });
 
+  it('the next admission finds the last settlement applied, without waiting for it', async () => {
+    const s = make();
+    const d = dim({ tpm: 1000, maxConcurrent: 1, budgetNano: 10_000, period: 'day' });
+    const team = dim({ kind: 'team', tpm: 5000 });
+    const settleOf = (lease: string, costNano: number) => ({
+      dims: [d, team],
+      now: 1_000_000,
+      day: '2026-11-25',
+      month: '2026-11',
+      lease,
+      tokenDelta: -500,
+      costNano,
+    });
+    const settled: Promise<void>[] = [];
+    // One request at a time on a key with one slot: each admission follows the previous
+    // request's settlement at once (it is carried by the admission itself in Redis).
+    for (let i = 0; i < 5; i++) {
+      const a = await s.admit(input([d, team], { tokens: 600, costNano: 100 }));
+      expect(a.ok, `request ${i}`).toBe(true);
+      if (a.ok) settled.push(s.settle(settleOf(a.lease, 1000)));
+    }
+    await Promise.all(settled);
+    // Five settlements of 1000 nano-USD each, summed on the key and on the team.
+    expect(await s.spend(d, '2026-11-25', '2026-11')).toMatchObject({ day: 5000, total: 5000 });
+    expect(await s.spend(team, '2026-11-25', '2026-11')).toMatchObject({ day: 5000, total: 5000 });
+    // Each request reserved 600 and gave 500 back: 500 tokens used of 1000 on the key.
+    const b = await s.admit(input([d, team], { tokens: 0 }));
+    expect(b.ok && b.views[0]?.tokens?.remaining).toBe(500);
+    expect(b.ok && b.views[1]?.tokens?.remaining).toBe(4500);
+  });
+
   it('budgets count spend plus in-flight reservations, per period', async () => {
     const s = make();
     const d = dim({ budgetNano: 1000, period: 'day' });
