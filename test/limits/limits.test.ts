@@ -261,7 +261,13 @@ describe('Redis going away under load', () => {
         expect(ready.status).toBe(failMode === 'closed' ? 503 : 200);
         await redis.start();
         // Back in force: the shared bucket (1 used before the outage) admits 4 more, then refuses.
+        // Under failMode open /readyz never went down, so the sign of the gateway's Redis client
+        // being back is the model list's rate-limit headers: read from Redis, absent without it.
         await eventually(async () => expect((await fetch(`${gw.url}/readyz`)).status).toBe(200), 5000);
+        await eventually(async () => {
+          const models = await fetch(`${gw.url}/v1/models`, { headers: { authorization: `Bearer ${key}` } });
+          expect(models.headers.get('x-ratelimit-remaining-requests')).not.toBeNull();
+        }, 5000);
         const after = [];
         for (let i = 0; i < 6; i++) after.push((await ask(gw.url, key, `up ${i}`)).status);
         expect(after.filter((s) => s === 200).length, JSON.stringify(after)).toBeLessThanOrEqual(4);
