@@ -51,7 +51,16 @@ if redis.call('SET', KEYS[2], '1', 'PX', ARGV[1], 'NX') then return {false, 1} e
 return {false, 0}
 `;
 
+// The leader's answer stored (when there is one) and its lock released, in one call: a waiter
+// that sees the lock gone finds the entry.
+const FINISH = `
+if ARGV[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+redis.call('DEL', KEYS[2])
+return 1
+`;
+
 type Scripted = RedisClient & {
+  tollgateCacheFinish(entry: string, lock: string, raw: Buffer | string, ttl: number): Promise<number>;
   /** The Buffer-reply form ioredis defines next to every script: entries are raw bytes. */
   tollgateCacheGetOrLockBuffer(entry: string, lock: string, ttl: number): Promise<[Buffer | null, number]>;
 };
@@ -64,6 +73,7 @@ export class RedisCacheStore implements CacheStore {
     private readonly prefix: string,
   ) {
     redis.defineCommand('tollgateCacheGetOrLock', { numberOfKeys: 2, lua: GET_OR_LOCK });
+    redis.defineCommand('tollgateCacheFinish', { numberOfKeys: 2, lua: FINISH });
     this.redis = redis as Scripted;
   }
 
@@ -94,12 +104,12 @@ export class RedisCacheStore implements CacheStore {
   }
 
   async finish(id: string, entry: CacheEntry | null, ttlMs: number): Promise<void> {
-    // Both commands leave in one write, the entry first (one connection keeps their order),
-    // so a waiter that sees the lock gone finds the entry.
-    await Promise.all([
-      entry ? this.redis.set(this.entryKey(id), encodeEntry(entry), 'PX', ttlMs) : null,
-      this.redis.del(this.lockKey(id)),
-    ]);
+    await this.redis.tollgateCacheFinish(
+      this.entryKey(id),
+      this.lockKey(id),
+      entry ? encodeEntry(entry) : '',
+      ttlMs,
+    );
   }
 
   async locked(id: string): Promise<boolean> {

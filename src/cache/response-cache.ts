@@ -50,7 +50,9 @@ interface LocalFlight {
 export type Opened = { entry: CacheEntry } | { entry: null; flight: Flight };
 
 const POLL_MS = 25;
-// The in-process tier in front of Redis: small, short-lived, so a hit costs no round trip.
+// The in-process tier in front of Redis: small, short-lived, so a repeated hit costs no round
+// trip. It takes entries found in the store (asked for again), not every answer stored: misses
+// that are never repeated would only fill it.
 const LOCAL_MAX_BYTES = 32 * 1024 * 1024;
 const LOCAL_TTL_MS = 60_000;
 
@@ -219,7 +221,6 @@ export class ResponseCache {
         flight.abort = abort;
       },
       finish: (entry) => {
-        if (entry) this.nearPut(id, entry);
         if (entry || holdsLock) {
           withDeadline(this.store.finish(id, entry, this.cfg.ttlSeconds * 1000), 5000).catch(() => {
             this.metrics?.storeErrors.inc({ store: 'cache', op: 'set' });
