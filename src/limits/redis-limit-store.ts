@@ -58,40 +58,44 @@ local now, member, need, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), to
 local hit = ARGV[5] == '1'
 local ndim = #KEYS / ${KEYS_PER_DIM}
 settle(6 + ndim * 5, function(d) return tonumber(ARGV[7 + d * 5]) end)
-local rs, ts = {}, {}
+local rs, ts, limited = {}, {}, {}
 for d = 0, ndim - 1 do
   local k, a = d * ${KEYS_PER_DIM}, 6 + d * 5
   local rpm, tpm, maxc, budget = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local st = redis.call('HMGET', KEYS[k + 1], 'r', 'rt', 't', 'tt')
-  if rpm >= 0 then
-    local r = tonumber(st[1])
-    if r == nil then r = rpm else r = math.min(rpm, r + (now - tonumber(st[2])) * rpm / 60000) end
-    if r < 1 then return {0, d, 'rpm', tostring(rpm), tostring(r)} end
-    rs[d] = r
-  end
-  if tpm >= 0 then
-    local t = tonumber(st[3])
-    if t == nil then t = tpm else t = math.min(tpm, t + (now - tonumber(st[4])) * tpm / 60000) end
-    if not hit then
-      if need > tpm then return {0, d, 'tpm_never', tostring(tpm), tostring(t)} end
-      if t < need then return {0, d, 'tpm', tostring(tpm), tostring(t)} end
+  -- A dimension with no limit at all (a team without settings) needs neither a check nor a lease.
+  limited[d] = rpm >= 0 or tpm >= 0 or maxc >= 0 or budget >= 0
+  if limited[d] then
+    local st = redis.call('HMGET', KEYS[k + 1], 'r', 'rt', 't', 'tt')
+    if rpm >= 0 then
+      local r = tonumber(st[1])
+      if r == nil then r = rpm else r = math.min(rpm, r + (now - tonumber(st[2])) * rpm / 60000) end
+      if r < 1 then return {0, d, 'rpm', tostring(rpm), tostring(r)} end
+      rs[d] = r
     end
-    ts[d] = t
-  end
-  local leases = KEYS[k + 2]
-  redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-  if maxc >= 0 then
-    local n = redis.call('ZCARD', leases)
-    if n >= maxc then return {0, d, 'concurrency', tostring(maxc), tostring(n)} end
-  end
-  if budget >= 0 and not hit then
-    local pk = KEYS[k + 3]
-    if ARGV[a + 4] == 'month' then pk = KEYS[k + 4] elseif ARGV[a + 4] == 'total' then pk = KEYS[k + 5] end
-    local used = tonumber(redis.call('GET', pk) or '0')
-    for _, m in ipairs(redis.call('ZRANGE', leases, 0, -1)) do
-      used = used + tonumber(string.match(m, '|(%d+)$') or '0')
+    if tpm >= 0 then
+      local t = tonumber(st[3])
+      if t == nil then t = tpm else t = math.min(tpm, t + (now - tonumber(st[4])) * tpm / 60000) end
+      if not hit then
+        if need > tpm then return {0, d, 'tpm_never', tostring(tpm), tostring(t)} end
+        if t < need then return {0, d, 'tpm', tostring(tpm), tostring(t)} end
+      end
+      ts[d] = t
     end
-    if used >= budget then return {0, d, 'budget', tostring(budget), tostring(used)} end
+    local leases = KEYS[k + 2]
+    redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+    if maxc >= 0 then
+      local n = redis.call('ZCARD', leases)
+      if n >= maxc then return {0, d, 'concurrency', tostring(maxc), tostring(n)} end
+    end
+    if budget >= 0 and not hit then
+      local pk = KEYS[k + 3]
+      if ARGV[a + 4] == 'month' then pk = KEYS[k + 4] elseif ARGV[a + 4] == 'total' then pk = KEYS[k + 5] end
+      local used = tonumber(redis.call('GET', pk) or '0')
+      for _, m in ipairs(redis.call('ZRANGE', leases, 0, -1)) do
+        used = used + tonumber(string.match(m, '|(%d+)$') or '0')
+      end
+      if used >= budget then return {0, d, 'budget', tostring(budget), tostring(used)} end
+    end
   end
 end
 local out = {1}
@@ -108,8 +112,10 @@ for d = 0, ndim - 1 do
     redis.call('HSET', KEYS[k + 1], 't', tostring(t), 'tt', now)
   end
   if r ~= nil or t ~= nil then redis.call('PEXPIRE', KEYS[k + 1], 3600000) end
-  redis.call('ZADD', KEYS[k + 2], now + ttl, member)
-  redis.call('PEXPIRE', KEYS[k + 2], ttl * 2)
+  if limited[d] then
+    redis.call('ZADD', KEYS[k + 2], now + ttl, member)
+    redis.call('PEXPIRE', KEYS[k + 2], ttl * 2)
+  end
   table.insert(out, r == nil and '' or tostring(r))
   table.insert(out, t == nil and '' or tostring(t))
 end
