@@ -347,9 +347,17 @@ export class Limiter {
   }
 }
 
+const DAY_MS = 86_400_000;
+let periodsOf: { dayNumber: number; periods: { day: string; month: string } } | null = null;
+
+/** The UTC day and month of `now` (computed once per day: every admission and settlement asks). */
 function periods(now: number): { day: string; month: string } {
-  const iso = new Date(now).toISOString();
-  return { day: iso.slice(0, 10), month: iso.slice(0, 7) };
+  const dayNumber = Math.floor(now / DAY_MS);
+  if (periodsOf?.dayNumber !== dayNumber) {
+    const iso = new Date(dayNumber * DAY_MS).toISOString();
+    periodsOf = { dayNumber, periods: { day: iso.slice(0, 10), month: iso.slice(0, 7) } };
+  }
+  return periodsOf.periods;
 }
 
 /** x-ratelimit-* from the dimension with the least remaining, for requests and for tokens. */

@@ -19,6 +19,30 @@ const KNOWN_STORE_OPS: [string, string][] = [
   ['cache', 'set'],
 ];
 
+/**
+ * A metric's children by label values (in label-name order), made once: prom-client hashes a
+ * label object on every call otherwise, which the per-request metrics would pay several times.
+ */
+export class Children<C> {
+  private readonly made = new Map<string, C>();
+
+  constructor(private readonly make: (...values: string[]) => C) {}
+
+  get(...values: string[]): C {
+    const id = values.join('\u0000');
+    let child = this.made.get(id);
+    if (child === undefined) {
+      child = this.make(...values);
+      this.made.set(id, child);
+    }
+    return child;
+  }
+
+  clear(): void {
+    this.made.clear();
+  }
+}
+
 /** Every metric of SPEC section 9 in one registry, built once per process. */
 export class Metrics {
   readonly registry = new Registry();
@@ -39,6 +63,13 @@ export class Metrics {
   readonly inflight: Gauge<'route'>;
   readonly storeErrors: Counter<'store' | 'op'>;
   readonly usageDropped: Counter;
+  // Children of the metrics every request touches (see Observer).
+  readonly requestsOf: Children<{ inc(): void }>;
+  readonly durationOf: Children<{ observe(v: number): void }>;
+  readonly overheadOf: Children<{ observe(v: number): void }>;
+  readonly inflightOf: Children<{ inc(): void; dec(): void }>;
+  readonly tokensOf: Children<{ inc(v: number): void }>;
+  readonly costOf: Children<{ inc(v: number): void }>;
 
   constructor(readonly keyLabels: boolean) {
     const r = [this.registry];
@@ -163,6 +194,12 @@ export class Metrics {
     // empty ("No data") instead of showing zero.
     for (const result of ['hit', 'miss', 'bypass', 'error']) this.cacheLookups.inc({ result }, 0);
     for (const [store, op] of KNOWN_STORE_OPS) this.storeErrors.inc({ store, op }, 0);
+    this.requestsOf = new Children((...v) => this.requests.labels(...v));
+    this.durationOf = new Children((...v) => this.duration.labels(...v));
+    this.overheadOf = new Children((...v) => this.overhead.labels(...v));
+    this.inflightOf = new Children((...v) => this.inflight.labels(...v));
+    this.tokensOf = new Children((...v) => this.tokens.labels(...v));
+    this.costOf = new Children((...v) => this.cost.labels(...v));
   }
 
   /** The `key` label value: the key's name, or empty when key labels are off. */
@@ -176,6 +213,7 @@ export class Metrics {
    */
   forgetKey(key: string, team?: string | null): void {
     if (!this.keyLabels) return;
+    for (const c of [this.requestsOf, this.tokensOf, this.costOf]) c.clear();
     // Key names are unique within a team only: with the team given, a same-named key of another
     // team keeps its series. (The key's own budget gauge may carry an empty team label.)
     const sameTeam = (m: unknown, labels: Record<string, string>): boolean =>

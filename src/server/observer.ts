@@ -17,7 +17,7 @@ export class Observer {
   ) {}
 
   begin(route: string): void {
-    this.metrics?.inflight.inc({ route });
+    this.metrics?.inflightOf.get(route).inc();
   }
 
   finish(
@@ -37,28 +37,18 @@ export class Observer {
       const keyLabel = key ? m.keyLabel(key.name) : '';
       const modelId = model?.id ?? '';
       const cache = trace.cacheHit ? 'hit' : 'miss';
-      m.inflight.dec({ route: trace.route });
-      m.requests.inc({
-        route: trace.route,
-        model: modelId,
-        status: String(trace.status),
-        cache,
-        team,
-        key: keyLabel,
-      });
-      m.duration.observe(
-        { route: trace.route, model: modelId, stream: String(trace.stream), cache },
-        latencyMs / 1000,
-      );
-      if (trace.overheadMs !== null) m.overhead.observe({ route: trace.route }, trace.overheadMs / 1000);
+      m.inflightOf.get(trace.route).dec();
+      m.requestsOf.get(trace.route, modelId, String(trace.status), cache, team, keyLabel).inc();
+      m.durationOf.get(trace.route, modelId, String(trace.stream), cache).observe(latencyMs / 1000);
+      if (trace.overheadMs !== null) m.overheadOf.get(trace.route).observe(trace.overheadMs / 1000);
       if (trace.stream && trace.ttftMs !== null && trace.upstream) {
         m.ttft.observe({ model: modelId, upstream: trace.upstream }, trace.ttftMs / 1000);
       }
       if (usage && !trace.cacheHit) {
-        m.tokens.inc({ model: modelId, team, key: keyLabel, type: 'prompt' }, usage.promptTokens);
-        m.tokens.inc({ model: modelId, team, key: keyLabel, type: 'cached' }, usage.cachedTokens);
-        m.tokens.inc({ model: modelId, team, key: keyLabel, type: 'completion' }, usage.completionTokens);
-        m.cost.inc({ model: modelId, team, key: keyLabel }, cost);
+        m.tokensOf.get(modelId, team, keyLabel, 'prompt').inc(usage.promptTokens);
+        m.tokensOf.get(modelId, team, keyLabel, 'cached').inc(usage.cachedTokens);
+        m.tokensOf.get(modelId, team, keyLabel, 'completion').inc(usage.completionTokens);
+        m.costOf.get(modelId, team, keyLabel).inc(cost);
       }
     }
     if (this.logger.isLevelEnabled('info')) {
