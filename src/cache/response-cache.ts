@@ -50,6 +50,12 @@ interface LocalFlight {
 export type Opened = { entry: CacheEntry } | { entry: null; flight: Flight };
 
 const POLL_MS = 25;
+/**
+ * How long a leader's entry (and lock release) may wait to leave with other Redis traffic: the
+ * next lookup or admission takes it along in the same write, so storing costs no round trip of
+ * its own; a quiet instance writes it after this. Waiters elsewhere poll every POLL_MS anyway.
+ */
+const FINISH_WAIT_MS = 10;
 // The in-process tier in front of Redis: small, short-lived, so a repeated hit costs no round
 // trip. It takes entries found in the store (asked for again), not every answer stored: misses
 // that are never repeated would only fill it.
@@ -66,14 +72,16 @@ export class ResponseCache {
   private readonly flights = new Map<string, LocalFlight>();
   private readonly near = new Map<string, { entry: CacheEntry; expires: number; bytes: number }>();
   private nearBytes = 0;
+  private finishing: { id: string; entry: CacheEntry | null }[] = [];
+  private finishTimer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly store: CacheStore,
     private readonly cfg: Config['cache'],
     private readonly deadlineMs: number,
     private readonly metrics: Metrics | null,
-    /** Keep recent entries in process too (when the store is remote). */
-    private readonly nearTier = true,
+    /** The store is remote (Redis): recent entries are kept in process too, and writes batched. */
+    private readonly remote = true,
   ) {}
 
   private nearGet(id: string, maxAgeSeconds: number | null): CacheEntry | null {
@@ -88,7 +96,7 @@ export class ResponseCache {
   }
 
   private nearPut(id: string, entry: CacheEntry): void {
-    if (!this.nearTier) return;
+    if (!this.remote) return;
     this.nearDrop(id);
     const bytes = entry.body.length;
     const remaining = this.cfg.ttlSeconds * 1000 - (Date.now() - entry.createdAt);
@@ -129,8 +137,40 @@ export class ResponseCache {
     this.metrics?.cacheLookups.inc({ result: 'bypass' });
   }
 
+  /**
+   * Sends the leaders' finished entries to the store now. Called before every lookup and on the
+   * way to an admission, so they share its write; by a timer when nothing else goes out; at shutdown.
+   */
+  flush(): Promise<void> {
+    if (this.finishTimer) clearTimeout(this.finishTimer);
+    this.finishTimer = null;
+    if (this.finishing.length === 0) return Promise.resolve();
+    const batch = this.finishing;
+    this.finishing = [];
+    const ttl = this.cfg.ttlSeconds * 1000;
+    return Promise.all(
+      batch.map(({ id, entry }) =>
+        withDeadline(this.store.finish(id, entry, ttl), 5000).catch(() => {
+          this.metrics?.storeErrors.inc({ store: 'cache', op: 'set' });
+        }),
+      ),
+    ).then(() => {});
+  }
+
+  private finishLater(id: string, entry: CacheEntry | null): void {
+    // A store in this process has no round trip to save.
+    if (!this.remote) {
+      this.finishing.push({ id, entry });
+      void this.flush();
+      return;
+    }
+    this.finishing.push({ id, entry });
+    this.finishTimer ??= setTimeout(() => void this.flush(), FINISH_WAIT_MS).unref();
+  }
+
   /** A hit from the in-process tier, if it has a fresh entry (no I/O). */
   nearHit(id: string, control: CacheControl): CacheEntry | null {
+    if (this.finishing.length > 0) void this.flush();
     if (control.noCache) return null;
     const e = this.nearGet(id, control.maxAgeSeconds);
     if (e) this.metrics?.cacheLookups.inc({ result: 'hit' });
@@ -139,6 +179,7 @@ export class ResponseCache {
 
   /** Looks the request up and, on a miss, joins or leads the single flight for it. */
   async open(id: string, control: CacheControl): Promise<Opened> {
+    if (this.finishing.length > 0) void this.flush();
     const local = control.noCache ? undefined : this.flights.get(id);
     if (local) {
       this.metrics?.cacheLookups.inc({ result: 'hit' });
@@ -221,11 +262,7 @@ export class ResponseCache {
         flight.abort = abort;
       },
       finish: (entry) => {
-        if (entry || holdsLock) {
-          withDeadline(this.store.finish(id, entry, this.cfg.ttlSeconds * 1000), 5000).catch(() => {
-            this.metrics?.storeErrors.inc({ store: 'cache', op: 'set' });
-          });
-        }
+        if (entry || holdsLock) this.finishLater(id, entry);
         done(entry);
       },
     };

@@ -115,6 +115,7 @@ export function buildRuntime(config: Config, logger: Logger): Runtime {
     cache,
     async close() {
       await limiter.close();
+      await cache?.flush();
       await usage.close();
       await Promise.allSettled([...upstreams.values()].map((u) => u.pool.close()));
       await keyStore.close();

@@ -251,6 +251,27 @@ describe('single flight and outages', () => {
     }
   });
 
+  it('writes an answer held back for batching even when nothing else goes to Redis', async () => {
+    const redis = await startOwnRedis();
+    const mock = await startMockUpstream();
+    const config = { ...twoUpstreams(mock.url), redis: { url: redis.url, keyPrefix: `t${unique()}:` } };
+    const a = await startTestGateway(config);
+    const b = await startTestGateway(config);
+    try {
+      const { key } = await a.issueKey({ team: 'batch' });
+      const quiet = { messages: [{ role: 'user', content: `quiet ${unique()}` }] };
+      expect((await post(a, key, quiet)).headers.get('x-cache')).toBe('MISS');
+      // Instance a sends nothing more: its timer writes the entry, and instance b reads it.
+      await eventually(async () => expect((await post(b, key, quiet)).headers.get('x-cache')).toBe('HIT'));
+      expect(mock.requests.filter((r) => JSON.stringify(r.body).includes('quiet '))).toHaveLength(1);
+    } finally {
+      await a.close();
+      await b.close();
+      await mock.close();
+      await redis.stop();
+    }
+  });
+
   it('treats Redis being down as a miss, never an error', async () => {
     const redis = await startOwnRedis();
     const mock = await startMockUpstream();
