@@ -7,7 +7,8 @@
 //
 // Load: SOAK_WORKERS (default 16) loops on 127.0.0.1, each one request at a time, mixing cache
 // misses, cache hits (a small pool of repeated prompts), streams with and without include_usage,
-// abandoned streams (first chunk read, then aborted), a key with a low rpm (429s) and upstream 503s.
+// abandoned streams (first chunk read, then aborted), a key with a low rpm (429s) and upstream 503s
+// (on a model and upstream of their own, whose circuit breaker they open).
 //
 // Environment:
 //   SOAK_SECONDS    length of the load (default 300)
@@ -25,6 +26,8 @@ import { Pool, request } from 'undici';
 import { startMockUpstream } from '../test/mock-upstream/index.js';
 import {
   CHAT_PATH,
+  type ConfigObject,
+  fullConfig,
   type Gateway,
   installCleanup,
   issueKey,
@@ -55,6 +58,7 @@ const REQUEST_TIMEOUT_MS = 30_000;
 const MAX_GROWTH = 0.1;
 const HIT_POOL = 8;
 const LIMITED_RPM = 30;
+const FAULTY_MODEL = 'soak-faulty';
 
 type Kind = 'miss' | 'hit' | 'stream-usage' | 'stream' | 'abandoned' | 'limited' | 'upstream-error';
 /** Share of each kind in the mix, in percent. */
@@ -110,7 +114,7 @@ function bodyFor(kind: Kind, r: number): string {
   if (kind === 'upstream-error') text += ' [[mock:status=503,retryms=1]]';
   const stream = kind === 'stream' || kind === 'stream-usage' || kind === 'abandoned';
   return JSON.stringify({
-    model: 'gpt-4.1-mini',
+    model: kind === 'upstream-error' ? FAULTY_MODEL : 'gpt-4.1-mini',
     messages: [
       { role: 'system', content: 'You are a helpful assistant.' },
       { role: 'user', content: text },
@@ -259,11 +263,20 @@ async function main(): Promise<number> {
     const prefix = `soak:${RUN_ID}:`;
     const redis = await startRedis(prefix);
     // Every feature on; cache entries expire after 60 s so the hit pool misses again now and then.
+    // The injected 503s go to a model of their own on an upstream of its own (the same mock), so
+    // that upstream's circuit breaker opens, as it should, without taking the main route with it.
+    const full = fullConfig({ port: 0, mockUrl: mock.url, redisUrl: '', prefix: '', adminKey: '' });
+    const [upstream] = full['upstreams'] as ConfigObject[];
+    const [model] = full['models'] as ConfigObject[];
     gw = await startGateway({
       mockUrl: mock.url,
       redisUrl: redis.url,
       prefix,
-      overrides: { cache: { ttlSeconds: 60 } },
+      overrides: {
+        cache: { ttlSeconds: 60 },
+        upstreams: [upstream, { ...upstream, name: 'faulty' }],
+        models: [model, { ...model, id: FAULTY_MODEL, aliases: [], routes: [{ upstream: 'faulty' }] }],
+      },
     });
     const auth = `Bearer ${await issueKey(gw, { name: `soak-${RUN_ID}`, team: 'soak' })}`;
     const limitedAuth = `Bearer ${await issueKey(gw, { name: `soak-limited-${RUN_ID}`, team: 'soak', limits: { rpm: LIMITED_RPM } })}`;
