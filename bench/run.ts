@@ -3,6 +3,8 @@
 //
 // Environment:
 //   BENCH_DURATION   seconds per measured wrk run (default 10; "10s" works too)
+//   BENCH_ROUNDS     rounds of the c1 and c32 runs, the targets taking turns in each (default 3);
+//                    each figure is the median over the rounds
 //   BENCH_WARMUP     seconds of warm-up per target (default 3)
 //   BENCH_STREAMS    streamed requests per target for time-to-first-token (default 200)
 //   BENCH_REDIS_URL / TEST_REDIS_URL   an existing Redis (keys go under a random prefix and are removed);
@@ -30,6 +32,7 @@ import {
   log,
   MOCK_KEY,
   measureTtft,
+  medianRun,
   OUT_DIR,
   post,
   printTable as printRows,
@@ -53,6 +56,7 @@ requireWrk();
 const DURATION = Math.max(1, Math.round(seconds('BENCH_DURATION', 10)));
 const WARMUP = Math.max(1, Math.round(seconds('BENCH_WARMUP', 3)));
 const STREAMS = Math.max(10, Math.round(seconds('BENCH_STREAMS', 200)));
+const ROUNDS = Math.max(1, Math.round(seconds('BENCH_ROUNDS', 3)));
 const TIMEOUT = seconds('BENCH_TIMEOUT', 600);
 const STRICT = process.env['BENCH_STRICT'] === '1' || process.env['BENCH_STRICT'] === 'true';
 const VARIANTS = process.env['BENCH_VARIANTS'] === '1' || process.env['BENCH_VARIANTS'] === 'true';
@@ -99,7 +103,9 @@ async function main(): Promise<number> {
   tempDir();
   mkdirSync(OUT_DIR, { recursive: true });
   const started = Date.now();
-  log(`duration ${DURATION}s per run, warm-up ${WARMUP}s, ${STREAMS} streams; ${cpus().length} CPUs`);
+  log(
+    `duration ${DURATION}s per run, ${ROUNDS} rounds, warm-up ${WARMUP}s, ${STREAMS} streams; ${cpus().length} CPUs`,
+  );
   const { mockMain, minimalProxy } = buildHelpers();
 
   // Mock upstream and minimal proxy (plain node, no loader).
@@ -142,21 +148,42 @@ async function main(): Promise<number> {
   await wrk({ label: 'warm-up minimal', base: minUrl, auth: mockAuth, ...warm });
   if (gateway) await wrk({ label: 'warm-up gateway', base: gateway.base, auth: gwAuth, ...warm });
 
-  // (1) Latency at concurrency 1, every request a cache miss.
+  // (1) Latency at concurrency 1, every request a cache miss, and (2)+(3) throughput and CPU per
+  // request at concurrency 32 (the mock's own CPU is noted too): ROUNDS rounds in which the
+  // targets take turns, so a disturbance of the shared machine hits them alike; medians count.
   const c1 = { threads: 1, connections: 1, seconds: DURATION, mode: 'miss' as const };
-  const directC1 = await wrk({ label: 'c1 direct-to-mock', base: mockUrl, auth: mockAuth, ...c1 });
-  const minC1 = await wrk({ label: 'c1 minimal proxy', base: minUrl, auth: mockAuth, ...c1 });
-  const gwC1 = gateway ? await wrk({ label: 'c1 gateway', base: gateway.base, auth: gwAuth, ...c1 }) : null;
-
-  // (2)+(3) Throughput and CPU per request at concurrency 32 (the mock's own CPU is noted too).
   const c32 = { threads: 2, connections: 32, seconds: DURATION, mode: 'miss' as const };
-  const mockTicks0 = cpuTicks(mockPid);
-  const minC32 = await wrk({ label: 'c32 minimal proxy', base: minUrl, auth: mockAuth, pid: minPid, ...c32 });
-  const mockTicks1 = cpuTicks(mockPid);
-  const gwC32 = gateway
-    ? await wrk({ label: 'c32 gateway', base: gateway.base, auth: gwAuth, pid: gateway.pid, ...c32 })
-    : null;
-  const mockCpuMs = (((mockTicks1 - mockTicks0) / CLK_TCK) * 1000) / Math.max(1, minC32.requests);
+  const runs1 = { direct: [] as WrkResult[], min: [] as WrkResult[], gw: [] as WrkResult[] };
+  const runs32 = { min: [] as WrkResult[], gw: [] as WrkResult[] };
+  let mockCpuMs = 0;
+  for (let round = 1; round <= ROUNDS; round++) {
+    const r = ROUNDS > 1 ? ` (round ${round}/${ROUNDS})` : '';
+    runs1.direct.push(await wrk({ label: `c1 direct-to-mock${r}`, base: mockUrl, auth: mockAuth, ...c1 }));
+    runs1.min.push(await wrk({ label: `c1 minimal proxy${r}`, base: minUrl, auth: mockAuth, ...c1 }));
+    if (gateway)
+      runs1.gw.push(await wrk({ label: `c1 gateway${r}`, base: gateway.base, auth: gwAuth, ...c1 }));
+    const mockTicks0 = cpuTicks(mockPid);
+    const m32 = await wrk({
+      label: `c32 minimal proxy${r}`,
+      base: minUrl,
+      auth: mockAuth,
+      pid: minPid,
+      ...c32,
+    });
+    const mockTicks1 = cpuTicks(mockPid);
+    runs32.min.push(m32);
+    mockCpuMs += (((mockTicks1 - mockTicks0) / CLK_TCK) * 1000) / Math.max(1, m32.requests) / ROUNDS;
+    if (gateway) {
+      runs32.gw.push(
+        await wrk({ label: `c32 gateway${r}`, base: gateway.base, auth: gwAuth, pid: gateway.pid, ...c32 }),
+      );
+    }
+  }
+  const directC1 = medianRun(runs1.direct);
+  const minC1 = medianRun(runs1.min);
+  const gwC1 = gateway ? medianRun(runs1.gw) : null;
+  const minC32 = medianRun(runs32.min);
+  const gwC32 = gateway ? medianRun(runs32.gw) : null;
 
   // (5) Cache hits at concurrency 1: the same body every time, so all but the first are hits.
   let gwHit: WrkResult | null = null;
@@ -328,6 +355,7 @@ async function main(): Promise<number> {
     cpus: cpus().length,
     cpuModel: cpus()[0]?.model ?? null,
     durationSeconds: DURATION,
+    rounds: ROUNDS,
     warmupSeconds: WARMUP,
     streams: STREAMS,
     redis: redisSource || null,
@@ -335,6 +363,7 @@ async function main(): Promise<number> {
     measures: rows,
     notes,
     runs: {
+      perRound: { c1: runs1, c32: runs32 },
       c1: { direct: directC1, minimal: minC1, gateway: gwC1 },
       c32: { minimal: minC32, gateway: gwC32 },
       cacheHit: gwHit ? { ...gwHit, hitConfirmed } : null,

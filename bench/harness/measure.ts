@@ -138,6 +138,48 @@ export interface WrkResult {
 export const errorsOf = (r: WrkResult | null): number =>
   r ? r.errors.connect + r.errors.read + r.errors.write + r.errors.status + r.errors.timeout : 0;
 
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(s.length / 2);
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+};
+
+/**
+ * Several runs of one target as one result: each latency percentile, the rate and the CPU time per
+ * request are the median over the runs (a run disturbed by something else on the machine does
+ * not decide the figure); requests, bytes and errors are summed.
+ */
+export function medianRun(runs: WrkResult[]): WrkResult {
+  if (runs.length === 1) return runs[0]!;
+  const pick = (f: (r: WrkResult) => number) => median(runs.map(f));
+  const cpu = runs.map((r) => r.cpuMsPerRequest).filter((v): v is number => v !== undefined);
+  const sum = (f: (r: WrkResult) => number) => runs.reduce((a, r) => a + f(r), 0);
+  return {
+    requests: sum((r) => r.requests),
+    duration_us: sum((r) => r.duration_us),
+    bytes: sum((r) => r.bytes),
+    errors: {
+      connect: sum((r) => r.errors.connect),
+      read: sum((r) => r.errors.read),
+      write: sum((r) => r.errors.write),
+      status: sum((r) => r.errors.status),
+      timeout: sum((r) => r.errors.timeout),
+    },
+    latency_us: {
+      min: Math.min(...runs.map((r) => r.latency_us.min)),
+      max: Math.max(...runs.map((r) => r.latency_us.max)),
+      mean: pick((r) => r.latency_us.mean),
+      p50: pick((r) => r.latency_us.p50),
+      p90: pick((r) => r.latency_us.p90),
+      p99: pick((r) => r.latency_us.p99),
+      p999: pick((r) => r.latency_us.p999),
+    },
+    rps: pick((r) => r.rps),
+    runId: runs.map((r) => r.runId).join(','),
+    ...(cpu.length > 0 && { cpuMsPerRequest: median(cpu) }),
+  };
+}
+
 /** One wrk run of chat.lua; with `pid`, also the CPU time per request of that process tree. */
 export async function wrk(opts: {
   label: string;
