@@ -52,7 +52,7 @@ export type Opened = { entry: CacheEntry } | { entry: null; flight: Flight };
 const POLL_MS = 25;
 /**
  * How long a leader's entry (and lock release) may wait to leave with other Redis traffic: the
- * next lookup or admission takes it along in the same write, so storing costs no round trip of
+ * next lookup or admission takes it along (issued in the same tick), so storing costs no round trip of
  * its own; a quiet instance writes it after this. Waiters elsewhere poll every POLL_MS anyway.
  */
 const FINISH_WAIT_MS = 10;

@@ -115,7 +115,7 @@ export class RedisKeyStore implements KeyStore {
     for (;;) {
       const ids = await this.redis.zrangebylex(this.k('keys'), from, '+', 'LIMIT', 0, 200);
       if (ids.length === 0) return { data, nextCursor: null };
-      // One GET per key (auto-pipelined into one round trip): an MGET would span Cluster slots.
+      // One GET per key, all sent at once (one round trip): an MGET would span Cluster slots.
       const raws = await Promise.all(ids.map((id) => this.redis.get(this.k(`key:${id}`))));
       for (const raw of raws) {
         if (raw === null) continue;

@@ -93,7 +93,7 @@ export function chatCompletions(deps: ChatDeps) {
       await admit(true);
       return hit(x, near);
     }
-    // The lookup and a miss's admission leave in one write, so they cost one round trip. Should
+    // The lookup and a miss's admission leave together, so they cost one round trip. Should
     // it be a hit after all, settlement refunds the tokens the admission reserved.
     const [opened, refusal] = await Promise.all([
       cache.open(id, control),
