@@ -198,6 +198,10 @@ export class Limiter {
    * (`GET /me`, `GET /admin/keys/{id}`). Reads only; takes nothing from any bucket.
    */
   async status(p: Authenticated): Promise<KeyStatus> {
+    // Settlements this instance still holds back are written first: the answer includes every
+    // request that has ended here.
+    const flushed = this.shared?.flush?.();
+    if (flushed) await withDeadline(flushed, 5000).catch(() => {});
     const [key, team] = await Promise.all(this.dimensions(p.key, p.team).map((d) => this.dimensionStatus(d)));
     return { ...key!, team: team ?? null };
   }

@@ -230,10 +230,13 @@ describe('metrics: values equal what happened', () => {
       }),
     ).toBe(3);
     expect(sumOf(s, 'tollgate_requests_total', { status: '429' })).toBe(5 + budgetRefusals);
-    // The budget is spent: its gauge says 0 left.
-    const remaining = matching(s, 'tollgate_budget_remaining_usd', { key: 'broke' });
-    expect(remaining).toHaveLength(1);
-    expect(remaining[0]!.value).toBe(0);
+    // The budget is spent: its gauge says 0 left (updated once the settlement is written, which
+    // rides along with the key's next admission: a moment after that request's answer).
+    await eventually(async () => {
+      const remaining = matching(await scrape(gw.url), 'tollgate_budget_remaining_usd', { key: 'broke' });
+      expect(remaining).toHaveLength(1);
+      expect(remaining[0]!.value).toBe(0);
+    });
   });
 
   it('counts upstream retries, upstream statuses and circuit state', async () => {
