@@ -1,4 +1,4 @@
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, hash, randomBytes, timingSafeEqual } from 'node:crypto';
 
 // Keys look like `sk-tg-` + 32 base62 characters + a 6-character base62 checksum of those 32.
 // The checksum lets a mistyped or made-up key be refused without touching any store.
@@ -11,7 +11,7 @@ export const KEY_LENGTH = PREFIX.length + BODY_LEN + CHECK_LEN;
 const SHAPE = /^sk-tg-[0-9A-Za-z]{38}$/;
 
 function checksum(body: string): string {
-  const digest = createHash('sha256').update(body).digest();
+  const digest = hash('sha256', body, 'buffer');
   let n = digest.readUIntBE(0, 6);
   let out = '';
   for (let i = 0; i < CHECK_LEN; i++) {
@@ -35,14 +35,23 @@ export function generateKey(): string {
 
 /** True when the string has the key shape and a valid checksum. */
 export function isWellFormedKey(key: string): boolean {
-  if (key.length !== KEY_LENGTH || !SHAPE.test(key)) return false;
+  return hasKeyShape(key) && hasValidChecksum(key);
+}
+
+/** The key's length and alphabet, without the checksum. */
+export function hasKeyShape(key: string): boolean {
+  return key.length === KEY_LENGTH && SHAPE.test(key);
+}
+
+/** Whether a string of the key's shape carries the checksum of its body. */
+export function hasValidChecksum(key: string): boolean {
   const body = key.slice(PREFIX.length, PREFIX.length + BODY_LEN);
   return checksum(body) === key.slice(PREFIX.length + BODY_LEN);
 }
 
 /** The only form in which a key is stored: lowercase hex SHA-256 of the whole secret. */
 export function hashKey(key: string): string {
-  return createHash('sha256').update(key).digest('hex');
+  return hash('sha256', key, 'hex');
 }
 
 /** The first 12 characters, shown in listings so people can tell keys apart. */

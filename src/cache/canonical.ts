@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import type { ChatRequest } from '../proxy/chat-request.js';
 
 // Fields that cannot change the model's output, so they are not part of the cache key.
@@ -9,19 +9,12 @@ const IGNORED = new Set(['model', 'stream', 'stream_options', 'user', 'metadata'
  * serialised with object keys sorted, so key order and the ignored fields never matter.
  */
 export function cacheKeyOf(modelId: string, req: ChatRequest): string {
-  const h = createHash('sha256');
-  h.update(modelId);
-  h.update('\n');
+  let text = `${modelId}\n`;
   const fields = Object.keys(req)
     .filter((k) => !IGNORED.has(k) && req[k] !== undefined)
     .sort();
-  for (const k of fields) {
-    h.update(JSON.stringify(k));
-    h.update(':');
-    h.update(canonical(req[k]));
-    h.update(',');
-  }
-  return h.digest('base64url');
+  for (const k of fields) text += `${JSON.stringify(k)}:${canonical(req[k])},`;
+  return hash('sha256', text, 'base64url');
 }
 
 function canonical(v: unknown): string {
