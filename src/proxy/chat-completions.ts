@@ -42,8 +42,10 @@ export function chatCompletions(deps: ChatDeps) {
     const principal = c.get('principal');
     let req: ChatRequest;
     let model: ModelConfig;
+    let raw: Buffer;
     try {
-      req = parseChatRequest(await readBody(c, deps.bodyLimitBytes), c.req.header('content-type'));
+      raw = await readBody(c, deps.bodyLimitBytes);
+      req = parseChatRequest(raw, c.req.header('content-type'));
       const name = c.req.param('deployment') ?? req.model;
       if (typeof name !== 'string' || name === '')
         throw invalidRequest('You must provide a model parameter.', 'model');
@@ -64,6 +66,7 @@ export function chatCompletions(deps: ChatDeps) {
       sink: sinkFor(c),
       trace,
       req,
+      raw,
       capture: null,
       maxEntryBytes: deps.cache?.maxEntryBytes ?? 0,
     };
@@ -171,7 +174,7 @@ async function forward(
   keepAliveMs: number,
   flight: LeaderFlight | null,
 ): Promise<Response> {
-  const { sink, trace, req } = x;
+  const { sink, trace, req, raw } = x;
   const stream = trace.stream;
   const abort = new AbortController();
   if (flight) {
@@ -190,7 +193,7 @@ async function forward(
     : undefined;
   let res: UpstreamResponse;
   try {
-    res = await deps.router.send(trace.model!, upstreamBody(req, trace.model!.id, stream), {
+    res = await deps.router.send(trace.model!, upstreamBody(req, raw, trace.model!.id, stream), {
       stream,
       signal: abort.signal,
     });
@@ -211,15 +214,24 @@ async function forward(
   return stream ? relayStream(x, res) : relayJson(x, res);
 }
 
-/** The body for one upstream: the client's fields, with that upstream's model and usage asked for. */
-function upstreamBody(req: ChatRequest, modelId: string, stream: boolean): (u: Upstream) => string {
+/**
+ * The body for one upstream: the client's fields, with that upstream's model and usage asked for.
+ * A JSON request that already names the upstream's model goes out as the client's own bytes.
+ */
+function upstreamBody(
+  req: ChatRequest,
+  raw: Buffer,
+  modelId: string,
+  stream: boolean,
+): (u: Upstream) => string | Buffer {
   const streamOptions = stream ? { ...req.stream_options, include_usage: true } : undefined;
-  return (u) =>
-    JSON.stringify(
-      stream
-        ? { ...req, model: u.modelFor(modelId), stream_options: streamOptions }
-        : { ...req, model: u.modelFor(modelId) },
+  return (u) => {
+    const model = u.modelFor(modelId);
+    if (!stream && req.model === model) return raw;
+    return JSON.stringify(
+      stream ? { ...req, model, stream_options: streamOptions } : { ...req, model },
     );
+  };
 }
 
 function upstreamErrorOf(res: UpstreamResponse): Promise<GatewayError> {

@@ -18,6 +18,8 @@ export interface Exchange {
   sink: Sink;
   trace: RequestTrace;
   req: ChatRequest;
+  /** The request body as the client sent it. */
+  raw: Buffer;
   /** Receives the complete answer when it may be cached (200, whole, small enough). */
   capture: ((entry: CacheEntry) => void) | null;
   maxEntryBytes: number;

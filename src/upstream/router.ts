@@ -116,7 +116,7 @@ export class Router {
    */
   async send(
     model: ModelConfig,
-    bodyFor: (u: Upstream) => string,
+    bodyFor: (u: Upstream) => string | Buffer,
     opts: { stream: boolean; signal: AbortSignal },
   ): Promise<UpstreamResponse> {
     const maxAttempts = 1 + this.routing.retries;
@@ -166,7 +166,7 @@ export class Router {
     breaker: CircuitBreaker,
     permit: Permit,
     modelId: string,
-    body: string,
+    body: string | Buffer,
     opts: { stream: boolean; signal: AbortSignal },
   ): Promise<Attempt> {
     const t = this.routing.timeouts;
