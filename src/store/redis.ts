@@ -34,13 +34,39 @@ export function createRedis(cfg: RedisConfig, opts: { lazy?: boolean } = {}): Re
     });
   }
   if (cfg.sentinel) {
-    return new Redis({
-      ...base,
-      sentinels: cfg.sentinel.sentinels.map(parseNode),
-      name: cfg.sentinel.name,
-    });
+    return gatherWrites(
+      new Redis({
+        ...base,
+        sentinels: cfg.sentinel.sentinels.map(parseNode),
+        name: cfg.sentinel.name,
+      }),
+    );
   }
-  return new Redis(cfg.url ?? 'redis://127.0.0.1:6379', base);
+  return gatherWrites(new Redis(cfg.url ?? 'redis://127.0.0.1:6379', base));
+}
+
+/**
+ * Commands sent in one turn of the event loop leave in one write: the socket is corked at the
+ * first and uncorked once the turn's I/O callbacks have run. Without it every command is a write
+ * system call of its own (the costliest part of a command on a busy gateway); unlike ioredis's
+ * auto-pipelining it builds no pipeline objects.
+ */
+function gatherWrites(client: Redis): Redis {
+  const send = client.sendCommand.bind(client);
+  let corked: Redis['stream'] | null = null;
+  client.sendCommand = (command, stream) => {
+    const socket = client.stream;
+    if (stream === undefined && corked === null && socket?.writable) {
+      corked = socket;
+      socket.cork();
+      setImmediate(() => {
+        corked?.uncork();
+        corked = null;
+      });
+    }
+    return send(command, stream);
+  };
+  return client;
 }
 
 function parseNode(s: string): { host: string; port: number } {
