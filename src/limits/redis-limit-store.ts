@@ -159,6 +159,7 @@ export class RedisLimitStore implements LimitStore {
   private readonly redis: RedisClient;
   private readonly scripts = new Map<string, Script>();
   private readonly pending = new Map<string, PendingSettle>();
+  private readonly keyCache = new Map<string, string[]>();
   private timer: NodeJS.Timeout | null = null;
 
   constructor(
@@ -191,9 +192,20 @@ export class RedisLimitStore implements LimitStore {
 
   private keys(dims: Dimension[], day: string, month: string): string[] {
     const keys: string[] = [];
-    for (const d of dims) {
+    for (const d of dims) keys.push(...this.dimensionKeys(d, day, month));
+    return keys;
+  }
+
+  /** A dimension's five keys for a day, built once (every admission and settlement needs them). */
+  private dimensionKeys(d: Dimension, day: string, month: string): string[] {
+    const id = `${d.tag}\u0000${d.id}\u0000${day}`;
+    let keys = this.keyCache.get(id);
+    if (keys === undefined) {
       const base = `{${this.prefix}lim:${d.tag}}:${d.id}`;
-      keys.push(`${base}:b`, `${base}:l`, `${base}:sd:${day}`, `${base}:sm:${month}`, `${base}:st`);
+      keys = [`${base}:b`, `${base}:l`, `${base}:sd:${day}`, `${base}:sm:${month}`, `${base}:st`];
+      // Bounded: a new day's keys replace the old ones; a burst of keys just starts over.
+      if (this.keyCache.size >= 10_000) this.keyCache.clear();
+      this.keyCache.set(id, keys);
     }
     return keys;
   }
