@@ -228,9 +228,7 @@ function upstreamBody(
   return (u) => {
     const model = u.modelFor(modelId);
     if (!stream && req.model === model) return raw;
-    return JSON.stringify(
-      stream ? { ...req, model, stream_options: streamOptions } : { ...req, model },
-    );
+    return JSON.stringify(stream ? { ...req, model, stream_options: streamOptions } : { ...req, model });
   };
 }
 
