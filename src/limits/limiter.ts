@@ -21,6 +21,8 @@ export interface AdmitRequest {
   outputTokens: number;
   /** A cache hit: one request, no tokens, no budget. */
   hit: boolean;
+  /** A hit answered at once from memory: checked against concurrency, but holds no slot. */
+  instant?: boolean;
 }
 
 /** An admitted request: its rate-limit headers, and the settlement to call once it is over. */
@@ -139,6 +141,7 @@ export class Limiter {
       tokens,
       costNano,
       hit: req.hit,
+      lease: !(req.hit && req.instant === true),
     };
     let store: LimitStore = this.shared ?? this.local;
     let result: AdmitResult;
@@ -160,6 +163,8 @@ export class Limiter {
     }
     if (!result.ok) throw this.refusal(p.key, dims, result, tokens);
     const lease = result.lease;
+    // A hit without a slot has nothing to settle: no tokens, no cost, no lease.
+    if (!input.lease) return { headers: headersFor(result.views), settle: () => {} };
     this.active.set(lease, { store, dims });
     let settled = false;
     return {

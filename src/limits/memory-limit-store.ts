@@ -76,7 +76,7 @@ export class MemoryLimitStore implements LimitStore {
         s.t = i.hit ? v.t : v.t - i.tokens;
         s.tt = i.now;
       }
-      s.leases.set(member, i.now + i.leaseTtlMs);
+      if (i.lease) s.leases.set(member, i.now + i.leaseTtlMs);
       return {
         requests: d.rpm === null ? null : { limit: d.rpm, remaining: s.r ?? 0 },
         tokens: d.tpm === null ? null : { limit: d.tpm, remaining: s.t ?? 0 },

@@ -52,10 +52,11 @@ end
 // dimension is checked and only if all admit is anything written, so a refusal consumes nothing
 // anywhere. Buckets refill continuously (capacity = limit per minute). Numbers go back as
 // strings because Redis truncates Lua numbers to integers.
-// ARGV: now, lease member, tokens needed, lease TTL, hit, 5 per dimension, then the settlement.
+// ARGV: now, lease member, tokens needed, lease TTL, hit ('0' no, '1' yes, '2' yes and served at
+// once: no lease), 5 per dimension, then the settlement.
 const ADMIT = `${SETTLE_FN}
 local now, member, need, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local hit = ARGV[5] == '1'
+local hit, lease = ARGV[5] ~= '0', ARGV[5] ~= '2'
 local ndim = #KEYS / ${KEYS_PER_DIM}
 settle(6 + ndim * 5, function(d) return tonumber(ARGV[7 + d * 5]) end)
 local rs, ts, limited = {}, {}, {}
@@ -112,7 +113,7 @@ for d = 0, ndim - 1 do
     redis.call('HSET', KEYS[k + 1], 't', tostring(t), 'tt', now)
   end
   if r ~= nil or t ~= nil then redis.call('PEXPIRE', KEYS[k + 1], 3600000) end
-  if limited[d] then
+  if limited[d] and lease then
     redis.call('ZADD', KEYS[k + 2], now + ttl, member)
     redis.call('PEXPIRE', KEYS[k + 2], ttl * 2)
   end
@@ -213,7 +214,8 @@ export class RedisLimitStore implements LimitStore {
   async admit(i: AdmitInput): Promise<AdmitResult> {
     const member = `${i.leaseId}|${i.costNano}`;
     const keys = this.keys(i.dims, i.day, i.month);
-    const args: (string | number)[] = [...keys, i.now, member, i.tokens, i.leaseTtlMs, i.hit ? '1' : '0'];
+    const hit = i.hit ? (i.lease ? '1' : '2') : '0';
+    const args: (string | number)[] = [...keys, i.now, member, i.tokens, i.leaseTtlMs, hit];
     for (const d of i.dims)
       args.push(d.rpm ?? -1, d.tpm ?? -1, d.maxConcurrent ?? -1, d.budgetNano ?? -1, d.period);
     const group = keys.join(' ');

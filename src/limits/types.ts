@@ -31,6 +31,11 @@ export interface AdmitInput {
   costNano: number;
   /** Cache hits count one request but are not checked against tokens or budgets. */
   hit: boolean;
+  /**
+   * Whether the request holds a concurrency slot while it runs. An answer served at once (a hit
+   * from the instance's memory) is still checked against the slots in use but takes none.
+   */
+  lease: boolean;
 }
 
 /** Bucket state of one dimension after admission, for the x-ratelimit-* headers. */

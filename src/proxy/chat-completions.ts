@@ -70,12 +70,13 @@ export function chatCompletions(deps: ChatDeps) {
       capture: null,
       maxEntryBytes: deps.cache?.maxEntryBytes ?? 0,
     };
-    const admit = async (hit: boolean): Promise<void> => {
+    const admit = async (hit: boolean, instant = false): Promise<void> => {
       const admission = await deps.limiter.admit(principal, {
         model,
         promptTokens,
         outputTokens: (req.n ?? 1) * (requestedOutput(req) ?? deps.defaultOutputReservation),
         hit,
+        instant,
       });
       trace.admission = admission;
       Object.assign(c.get('responseHeaders'), admission.headers);
@@ -93,7 +94,8 @@ export function chatCompletions(deps: ChatDeps) {
     const id = cache.idFor(principal.key, model.id, req);
     const near = cache.nearHit(id, control);
     if (near) {
-      await admit(true);
+      // Served from memory at once: counted against the limits, holding no concurrency slot.
+      await admit(true, true);
       return hit(x, near);
     }
     // The lookup and a miss's admission leave together, so they cost one round trip. Should

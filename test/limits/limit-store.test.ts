@@ -32,6 +32,7 @@ const input = (dims: Dimension[], over: Partial<AdmitInput> = {}): AdmitInput =>
   tokens: 0,
   costNano: 0,
   hit: false,
+  lease: true,
   ...over,
 });
 
@@ -111,6 +112,24 @@ describe.each([
     expect((await s.admit(input([d]))).ok).toBe(true);
     // A crashed instance's leases run out after 60 s.
     expect((await s.admit(input([d], { now: 1_060_001 }))).ok).toBe(true);
+  });
+
+  it('a hit served at once counts one request and is checked against the slots, but takes none', async () => {
+    const s = make();
+    const d = dim({ rpm: 3, maxConcurrent: 1 });
+    const instant = { hit: true, lease: false, tokens: 0 };
+    // Two instant hits in a row, never settled: neither holds the only slot.
+    expect((await s.admit(input([d], instant))).ok).toBe(true);
+    expect((await s.admit(input([d], instant))).ok).toBe(true);
+    // A miss takes the slot (and the third request of the minute)...
+    expect((await s.admit(input([d]))).ok).toBe(true);
+    // ...and while it runs an instant hit is refused for concurrency (30 s later: rpm has refilled),
+    // and straight away for rpm.
+    expect(await s.admit(input([d], { ...instant, now: 1_030_000 }))).toMatchObject({
+      ok: false,
+      limit: 'concurrency',
+    });
+    expect(await s.admit(input([d], instant))).toMatchObject({ ok: false, limit: 'rpm' });
   });
 
   it('the next admission finds the last settlement applied, without waiting for it', async () => {
