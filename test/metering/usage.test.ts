@@ -1,6 +1,7 @@
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type MockUpstream, startMockUpstream } from '../mock-upstream/index.js';
+import type { UsageTotals } from '../reliability/helpers.js';
 import { eventually } from '../support/eventually.js';
 import { startTestGateway, type TestGateway, twoUpstreams } from '../support/gateway.js';
 import { startOwnRedis } from '../support/redis-server.js';
@@ -9,23 +10,13 @@ const today = new Date().toISOString().slice(0, 10);
 const sdk = (gw: TestGateway, key: string) =>
   new OpenAI({ apiKey: key, baseURL: `${gw.url}/v1`, maxRetries: 0 });
 
-interface Totals {
-  requests: number;
-  cacheHits: number;
-  errors: number;
-  promptTokens: number;
-  cachedTokens: number;
-  completionTokens: number;
-  costUsd: number;
-}
-
 async function usage(gw: TestGateway, query = ''): Promise<any[]> {
   const res = await gw.admin('GET', `/admin/usage?from=${today}&to=${today}${query}`);
   expect(res.status).toBe(200);
   return res.body.data;
 }
 
-const sum = (rows: any[]): Totals =>
+const sum = (rows: any[]): UsageTotals =>
   rows.reduce(
     (t, r) => ({
       requests: t.requests + r.requests,

@@ -3,6 +3,7 @@
 
 import type { Registry } from 'prom-client';
 import { type Dispatcher, fetch as undiciFetch } from 'undici';
+import type { UsageRow } from '../../src/metering/usage-query.js';
 
 export interface Answer {
   /** HTTP status, or 0 when the call failed without an answer (see `error`). */
@@ -128,15 +129,11 @@ export function streamOutcome(text: string): 'done' | 'error' | string {
   return problem ?? 'error';
 }
 
-export interface UsageTotals {
-  requests: number;
-  cacheHits: number;
-  errors: number;
-  promptTokens: number;
-  cachedTokens: number;
-  completionTokens: number;
-  costUsd: number;
-}
+/** The sums of usage rows this suite compares (the usage API's own row type). */
+export type UsageTotals = Pick<
+  UsageRow,
+  'requests' | 'cacheHits' | 'errors' | 'promptTokens' | 'cachedTokens' | 'completionTokens' | 'costUsd'
+>;
 
 export const utcDay = (t = Date.now()): string => new Date(t).toISOString().slice(0, 10);
 

@@ -27,20 +27,23 @@ type Raw = Record<string, any>;
 
 export const MOCK_KEY = 'sk-mock-upstream';
 
-/** Config for one OpenAI-type and one Azure-type upstream on the given mock, each serving its own model. */
-export function twoUpstreams(mockUrl: string): Raw {
+/**
+ * Config for one OpenAI-type and one Azure-type upstream on the given mock, each serving its own
+ * model; `apiKey` is what the gateway sends upstream (the mock's key unless a test chooses one).
+ */
+export function twoUpstreams(mockUrl: string, apiKey = MOCK_KEY): Raw {
   return {
     upstreams: [
-      { name: 'openai', type: 'openai', baseURL: `${mockUrl}/v1`, apiKey: MOCK_KEY },
+      { name: 'openai', type: 'openai', baseURL: `${mockUrl}/v1`, apiKey },
       {
         name: 'azure',
         type: 'azure',
         endpoint: mockUrl,
-        apiKey: MOCK_KEY,
+        apiKey,
         deployment: 'gpt-4.1-mini',
         apiVersion: '2024-10-21',
       },
-      { name: 'azure-v1', type: 'azure', endpoint: mockUrl, apiKey: MOCK_KEY, deployment: 'gpt-4.1-mini' },
+      { name: 'azure-v1', type: 'azure', endpoint: mockUrl, apiKey, deployment: 'gpt-4.1-mini' },
     ],
     models: [
       model('gpt-4.1-mini', 'openai', ['gpt-4.1-mini-2025-04-14']),

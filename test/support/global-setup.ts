@@ -1,5 +1,5 @@
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import type { TestProject } from 'vitest/node';
 
 declare module 'vitest' {
@@ -52,11 +52,11 @@ export function freePort(): Promise<number> {
   });
 }
 
-async function waitForPort(port: number): Promise<void> {
-  const { connect } = await import('node:net');
+/** Resolves once something listens on `port` (or, with `up` false, once nothing does); 10 s at most. */
+export async function waitForPort(port: number, up = true): Promise<void> {
   const deadline = Date.now() + 10_000;
   while (Date.now() < deadline) {
-    const ok = await new Promise<boolean>((resolve) => {
+    const open = await new Promise<boolean>((resolve) => {
       const s = connect(port, '127.0.0.1');
       s.once('connect', () => {
         s.destroy();
@@ -64,8 +64,8 @@ async function waitForPort(port: number): Promise<void> {
       });
       s.once('error', () => resolve(false));
     });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 50));
+    if (open === up) return;
+    await new Promise((r) => setTimeout(r, 25));
   }
-  throw new Error(`redis-server did not start on port ${port}`);
+  throw new Error(`port ${port} did not come ${up ? 'up' : 'down'} within 10 s (redis-server)`);
 }

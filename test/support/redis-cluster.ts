@@ -1,10 +1,9 @@
 import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { freePort } from './global-setup.js';
+import { freePort, waitForPort } from './global-setup.js';
 
 const run = promisify(execFile);
 
@@ -143,21 +142,4 @@ export async function startRedisCluster(masters = 3): Promise<OwnCluster> {
     throw err;
   }
   return { nodes: ports.map((p) => `redis://127.0.0.1:${p}`), ports, stop };
-}
-
-async function waitForPort(port: number): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (Date.now() < deadline) {
-    const open = await new Promise<boolean>((resolve) => {
-      const s = connect(port, '127.0.0.1');
-      s.once('connect', () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.once('error', () => resolve(false));
-    });
-    if (open) return;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  throw new Error(`redis-server (cluster node) did not start on port ${port}`);
 }

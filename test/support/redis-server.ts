@@ -1,9 +1,8 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort } from './global-setup.js';
+import { freePort, waitForPort } from './global-setup.js';
 
 /** A private redis-server that a test may stop and start again on the same port. */
 export interface OwnRedis {
@@ -40,7 +39,7 @@ export async function startOwnRedis(extraArgs: string[] = []): Promise<OwnRedis>
         stdio: 'ignore',
       },
     );
-    await waitFor(port, true);
+    await waitForPort(port);
   };
   const stop = async (): Promise<void> => {
     if (!proc) return;
@@ -49,25 +48,8 @@ export async function startOwnRedis(extraArgs: string[] = []): Promise<OwnRedis>
     const exited = new Promise((r) => p.once('exit', r));
     p.kill('SIGKILL');
     await exited;
-    await waitFor(port, false);
+    await waitForPort(port, false);
   };
   await start();
   return { url: `redis://127.0.0.1:${port}`, port, stop, start };
-}
-
-async function waitFor(port: number, up: boolean): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (Date.now() < deadline) {
-    const open = await new Promise<boolean>((resolve) => {
-      const s = connect(port, '127.0.0.1');
-      s.once('connect', () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.once('error', () => resolve(false));
-    });
-    if (open === up) return;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  throw new Error(`redis on ${port} did not come ${up ? 'up' : 'down'}`);
 }
