@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type MockUpstream, startMockUpstream } from '../mock-upstream/index.js';
-import { startTestGateway, type TestGateway } from '../support/gateway.js';
+import { model, startTestGateway, type TestGateway, twoUpstreams } from '../support/gateway.js';
 import { runGatewayToExit, startGatewayProcess } from '../support/process.js';
 import { type Answer, call, chatBody, envelopeProblem, report } from './helpers.js';
 
@@ -31,26 +31,15 @@ function canaries(): string[] {
 }
 
 function config(mockUrl: string): Record<string, any> {
-  const pricing = { inputPerMTok: 0.4, cachedInputPerMTok: 0.1, outputPerMTok: 1.6 };
+  const base = twoUpstreams(mockUrl, UPSTREAM_KEY);
   return {
+    ...base,
     upstreams: [
-      { name: 'openai', type: 'openai', baseURL: `${mockUrl}/v1`, apiKey: UPSTREAM_KEY },
-      {
-        name: 'azure',
-        type: 'azure',
-        endpoint: mockUrl,
-        apiKey: UPSTREAM_KEY,
-        deployment: 'gpt-4.1-mini',
-        apiVersion: '2024-10-21',
-      },
+      ...base['upstreams'],
       // Misconfigured: the mock refuses this key (its 401 names the key, masked).
       { name: 'wrong', type: 'openai', baseURL: `${mockUrl}/v1`, apiKey: WRONG_UPSTREAM_KEY },
     ],
-    models: [
-      { id: 'gpt-4.1-mini', pricing, routes: [{ upstream: 'openai' }] },
-      { id: 'via-azure', pricing, routes: [{ upstream: 'azure' }] },
-      { id: 'wrong-key', pricing, routes: [{ upstream: 'wrong' }] },
-    ],
+    models: [...base['models'], model('wrong-key', 'wrong')],
     admin: { apiKey: ADMIN_KEY },
   };
 }

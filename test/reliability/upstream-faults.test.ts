@@ -161,6 +161,18 @@ function table(outcomes: Outcome[]): Record<string, Record<string, number>> {
   return out;
 }
 
+/** The storm's figures for the reliability report (RELIABILITY_REPORT). */
+function reportStorm(storm: string, outcomes: Outcome[], started: number): Promise<void> {
+  return report('upstream-faults', {
+    storm,
+    requests: outcomes.length,
+    upstreamRequests: mock.stats.requests,
+    statuses: tally(outcomes, (o) => o.answer.status),
+    failures: outcomes.filter((o) => o.problem !== null).length,
+    ms: Date.now() - started,
+  });
+}
+
 async function expectHealthy(gw: TestGateway, key: string): Promise<void> {
   expect((await call(`${gw.url}/healthz`)).status).toBe(200);
   // A normal request succeeds (at once, or once a breaker's one-second cooldown has passed).
@@ -239,14 +251,7 @@ describe('upstream fault storms', () => {
     expect(mock.stats.requests).toBeGreaterThan(outcomes.length * 1.5);
     expect(mock.stats.requests).toBeLessThanOrEqual(outcomes.length * 2);
     await expectHealthy(gw, key);
-    await report('upstream-faults', {
-      storm: 'breaker off',
-      requests: outcomes.length,
-      upstreamRequests: mock.stats.requests,
-      statuses: tally(outcomes, (o) => o.answer.status),
-      failures: outcomes.filter((o) => o.problem !== null).length,
-      ms: Date.now() - started,
-    });
+    await reportStorm('breaker off', outcomes, started);
   }, 30_000);
 
   it('with the shipped breaker (opens after 5 failures): two storms answered cleanly, healthy after each', async () => {
@@ -269,14 +274,7 @@ describe('upstream fault storms', () => {
         reason: 'circuit_open',
       }),
     ).toBeGreaterThan(0);
-    await report('upstream-faults', {
-      storm: 'shipped breaker',
-      requests: all.length,
-      upstreamRequests: mock.stats.requests,
-      statuses: tally(all, (o) => o.answer.status),
-      failures: all.filter((o) => o.problem !== null).length,
-      ms: Date.now() - started,
-    });
+    await reportStorm('shipped breaker', all, started);
   }, 40_000);
 
   it('ends garbled upstream streams (cut, stray lines, binary, a JSON body) with an error event, never a clean end', async () => {
