@@ -158,14 +158,10 @@ export class ResponseCache {
   }
 
   private finishLater(id: string, entry: CacheEntry | null): void {
-    // A store in this process has no round trip to save.
-    if (!this.remote) {
-      this.finishing.push({ id, entry });
-      void this.flush();
-      return;
-    }
     this.finishing.push({ id, entry });
-    this.finishTimer ??= setTimeout(() => void this.flush(), FINISH_WAIT_MS).unref();
+    // A store in this process has no round trip to save.
+    if (!this.remote) void this.flush();
+    else this.finishTimer ??= setTimeout(() => void this.flush(), FINISH_WAIT_MS).unref();
   }
 
   /** A hit from the in-process tier, if it has a fresh entry (no I/O). */
