@@ -1,3 +1,4 @@
+import { USAGE_NUMBERS } from '../metering/usage-query.js';
 import { type CliIO, flag, UsageError, type Values } from './command.js';
 
 // Output formatting: aligned text tables, RFC 4180 CSV and JSON. Pure functions only.
@@ -129,16 +130,7 @@ export function formatRecord(obj: Record<string, unknown>): string {
 // Usage report
 
 const USAGE_DIMENSIONS = ['day', 'keyId', 'keyName', 'team', 'model'];
-const USAGE_METRICS = [
-  'requests',
-  'cacheHits',
-  'errors',
-  'promptTokens',
-  'cachedTokens',
-  'completionTokens',
-  'costUsd',
-  'savedUsd',
-];
+const USAGE_METRICS: readonly string[] = USAGE_NUMBERS;
 
 const isUsd = (column: string): boolean => /usd$/i.test(column);
 

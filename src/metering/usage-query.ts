@@ -34,6 +34,18 @@ export const usageQuerySchema = z
 
 export type UsageQuery = z.output<typeof usageQuerySchema>;
 
+/** The summed fields of a usage row, in report order. */
+export const USAGE_NUMBERS = [
+  'requests',
+  'cacheHits',
+  'errors',
+  'promptTokens',
+  'cachedTokens',
+  'completionTokens',
+  'costUsd',
+  'savedUsd',
+] as const;
+
 export interface UsageRow {
   day?: string;
   keyId?: string;
@@ -101,16 +113,7 @@ const groupValue = (c: UsageCell, g: Group): string =>
   g === 'day' ? c.day : g === 'key' ? c.keyId : g === 'team' ? c.team : c.model;
 
 function baseRow(c: UsageCell | null, groupBy: Group[]): UsageRow {
-  const row: UsageRow = {
-    requests: 0,
-    cacheHits: 0,
-    errors: 0,
-    promptTokens: 0,
-    cachedTokens: 0,
-    completionTokens: 0,
-    costUsd: 0,
-    savedUsd: 0,
-  };
+  const row = Object.fromEntries(USAGE_NUMBERS.map((f) => [f, 0])) as unknown as UsageRow;
   if (!c) return row;
   const head: Partial<UsageRow> = {};
   if (groupBy.includes('day')) head.day = c.day;
@@ -126,21 +129,7 @@ function baseRow(c: UsageCell | null, groupBy: Group[]): UsageRow {
 const sortKey = (r: UsageRow): string =>
   [r.day ?? '', r.team ?? '', r.keyName ?? '', r.model ?? ''].join('\t');
 
-const CSV_COLUMNS: (keyof UsageRow)[] = [
-  'day',
-  'keyId',
-  'keyName',
-  'team',
-  'model',
-  'requests',
-  'cacheHits',
-  'errors',
-  'promptTokens',
-  'cachedTokens',
-  'completionTokens',
-  'costUsd',
-  'savedUsd',
-];
+const CSV_COLUMNS: (keyof UsageRow)[] = ['day', 'keyId', 'keyName', 'team', 'model', ...USAGE_NUMBERS];
 
 /** RFC 4180 CSV with the grouped columns first. */
 export function toCsv(rows: UsageRow[], groupBy: Group[]): string {

@@ -1,7 +1,7 @@
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type MockUpstream, startMockUpstream } from '../mock-upstream/index.js';
-import type { UsageTotals } from '../reliability/helpers.js';
+import { sumUsage } from '../reliability/helpers.js';
 import { eventually } from '../support/eventually.js';
 import { startTestGateway, type TestGateway, twoUpstreams } from '../support/gateway.js';
 import { startOwnRedis } from '../support/redis-server.js';
@@ -15,28 +15,6 @@ async function usage(gw: TestGateway, query = ''): Promise<any[]> {
   expect(res.status).toBe(200);
   return res.body.data;
 }
-
-const sum = (rows: any[]): UsageTotals =>
-  rows.reduce(
-    (t, r) => ({
-      requests: t.requests + r.requests,
-      cacheHits: t.cacheHits + r.cacheHits,
-      errors: t.errors + r.errors,
-      promptTokens: t.promptTokens + r.promptTokens,
-      cachedTokens: t.cachedTokens + r.cachedTokens,
-      completionTokens: t.completionTokens + r.completionTokens,
-      costUsd: Math.round((t.costUsd + r.costUsd) * 1e9) / 1e9,
-    }),
-    {
-      requests: 0,
-      cacheHits: 0,
-      errors: 0,
-      promptTokens: 0,
-      cachedTokens: 0,
-      completionTokens: 0,
-      costUsd: 0,
-    },
-  );
 
 /** Reads a stream's first few content chunks, then abandons it. */
 async function abandon(client: OpenAI, model: string, after: number): Promise<number> {
@@ -132,7 +110,7 @@ describe('usage metering', () => {
     // The abandoned stream's record lands once the gateway has seen the client leave.
     const total = await eventually(async () => {
       await gw.gateway.runtime.usage.flush();
-      const t = sum(await usage(gw));
+      const t = sumUsage(await usage(gw));
       // Three failures (one per key), one refusal and one abandoned stream on top of the rest.
       expect(t.requests).toBe(completed + hits + 3 + 1 + 1);
       return t;
@@ -155,7 +133,7 @@ describe('usage metering', () => {
 
     // Every grouping sums to the same grand total.
     for (const groupBy of ['day', 'key', 'team', 'model', 'day,key,team,model', 'team,model']) {
-      expect(sum(await usage(gw, `&groupBy=${groupBy}`))).toEqual(total);
+      expect(sumUsage(await usage(gw, `&groupBy=${groupBy}`))).toEqual(total);
     }
     const byTeam = await usage(gw, '&groupBy=team');
     expect(byTeam.map((r) => r.team).sort()).toEqual(['blue', 'red']);
@@ -187,7 +165,7 @@ describe('usage metering', () => {
     const json = await usage(gw, '&groupBy=key,model');
     expect(lines.length - 1).toBe(json.length);
     const csvRequests = lines.slice(1).reduce((s, l) => s + Number(l.split(',')[3]), 0);
-    expect(csvRequests).toBe(sum(json).requests);
+    expect(csvRequests).toBe(sumUsage(json).requests);
   });
 
   it('rejects a bad query with the envelope', async () => {
@@ -210,7 +188,7 @@ describe('usage metering', () => {
         });
       }
       await mem.gateway.runtime.usage.flush();
-      const t = sum(await usage(mem));
+      const t = sumUsage(await usage(mem));
       expect(t.requests).toBe(3);
       expect(t.promptTokens).toBe(mock.usageTotals.prompt);
       expect(t.completionTokens).toBe(mock.usageTotals.completion);
@@ -243,8 +221,8 @@ describe('usage across instances and Redis outages', () => {
       await redis.start();
       for (let i = 20; i < 30; i++) await ask(i % 2 ? ca : cb, i);
       await Promise.all([a.gateway.runtime.usage.flush(15_000), b.gateway.runtime.usage.flush(15_000)]);
-      const ta = sum(await usage(a));
-      const tb = sum(await usage(b));
+      const ta = sumUsage(await usage(a));
+      const tb = sumUsage(await usage(b));
       expect(ta).toEqual(tb);
       expect(ta.requests).toBe(30);
       expect(ta.promptTokens).toBe(mock.usageTotals.prompt);

@@ -3,7 +3,7 @@
 
 import type { Registry } from 'prom-client';
 import { type Dispatcher, fetch as undiciFetch } from 'undici';
-import type { UsageRow } from '../../src/metering/usage-query.js';
+import { USAGE_NUMBERS, type UsageRow } from '../../src/metering/usage-query.js';
 
 export interface Answer {
   /** HTTP status, or 0 when the call failed without an answer (see `error`). */
@@ -129,11 +129,22 @@ export function streamOutcome(text: string): 'done' | 'error' | string {
   return problem ?? 'error';
 }
 
-/** The sums of usage rows this suite compares (the usage API's own row type). */
-export type UsageTotals = Pick<
-  UsageRow,
-  'requests' | 'cacheHits' | 'errors' | 'promptTokens' | 'cachedTokens' | 'completionTokens' | 'costUsd'
->;
+// The summed fields the tests compare: all but savedUsd.
+const TOTAL_FIELDS = USAGE_NUMBERS.filter((f) => f !== 'savedUsd') as Exclude<
+  (typeof USAGE_NUMBERS)[number],
+  'savedUsd'
+>[];
+
+/** The sums of usage rows the tests compare (fields of the usage API's own row type). */
+export type UsageTotals = Pick<UsageRow, (typeof TOTAL_FIELDS)[number]>;
+
+/** Usage rows summed; the cost rounded to nano-USD, the unit it is kept in. */
+export function sumUsage(rows: UsageTotals[]): UsageTotals {
+  const t = Object.fromEntries(TOTAL_FIELDS.map((f) => [f, 0])) as UsageTotals;
+  for (const r of rows) for (const f of TOTAL_FIELDS) t[f] += r[f];
+  t.costUsd = Math.round(t.costUsd * 1e9) / 1e9;
+  return t;
+}
 
 export const utcDay = (t = Date.now()): string => new Date(t).toISOString().slice(0, 10);
 
@@ -149,26 +160,7 @@ export async function usageTotals(
   });
   if (a.status !== 200) throw new Error(`usage query failed: ${a.status} ${a.error ?? a.text}`);
   const rows = (JSON.parse(a.text) as { data: any[] }).data;
-  const t: UsageTotals & { rows: any[] } = {
-    requests: 0,
-    cacheHits: 0,
-    errors: 0,
-    promptTokens: 0,
-    cachedTokens: 0,
-    completionTokens: 0,
-    costUsd: 0,
-    rows,
-  };
-  for (const r of rows) {
-    t.requests += r.requests;
-    t.cacheHits += r.cacheHits;
-    t.errors += r.errors;
-    t.promptTokens += r.promptTokens;
-    t.cachedTokens += r.cachedTokens;
-    t.completionTokens += r.completionTokens;
-    t.costUsd += r.costUsd;
-  }
-  return t;
+  return { ...sumUsage(rows), rows };
 }
 
 /** Sum of a metric's samples whose labels include `labels` (0 when there is none). */
