@@ -300,7 +300,9 @@ export async function startGateway(opts: {
   };
   // These would override the file (SPEC section 1).
   for (const k of ['PORT', 'HOST', 'REDIS_URL']) delete env[k];
-  const gw = launch(name, process.execPath, [main], env);
+  // BENCH_NODE_ARGS: extra node flags for the gateway (e.g. `--cpu-prof --cpu-prof-dir=.bench/prof`).
+  const nodeArgs = (process.env['BENCH_NODE_ARGS'] ?? '').split(/\s+/).filter(Boolean);
+  const gw = launch(name, process.execPath, [...nodeArgs, main], env);
   const base = `http://127.0.0.1:${port}`;
   const until = Date.now() + 30_000;
   for (;;) {

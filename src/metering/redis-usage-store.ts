@@ -16,18 +16,35 @@ const AGG_TTL_SECONDS = 400 * 86400;
 const SEEN_TTL_SECONDS = 3 * 86400;
 
 // One call per day of records: for each record not seen before (HSETNX on the day's seen-set),
-// append it to the export stream and add its increments to the day's aggregate hash. Every key
-// shares the hash tag of the stream's name, so the call stays in one Redis Cluster slot.
+// append it to the export stream and add its increments to its cell's sums; the sums go into the
+// day's aggregate hash once per cell and metric, not once per record. Every key shares the hash
+// tag of the stream's name, so the call stays in one Redis Cluster slot.
+// ARGV: the number of cells, the cell ids, then per record its id, its JSON and its increments
+// as "cell,v1,…,vN" (cell: 1-based index into the cell ids; values in METRICS order).
 const WRITE_DAY = `
+local metrics = {${METRICS.map((m) => `'${m}'`).join(', ')}}
+local ncell = tonumber(ARGV[1])
+local sums = {}
 local n = 0
-for i = 1, #ARGV, 3 do
-  local id, record, incs = ARGV[i], ARGV[i + 1], cjson.decode(ARGV[i + 2])
-  if redis.call('HSETNX', KEYS[3], id, 1) == 1 then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ${STREAM_MAXLEN}, '*', 'record', record)
-    for field, v in pairs(incs) do
-      if v ~= 0 then redis.call('HINCRBY', KEYS[2], field, v) end
+for i = ncell + 2, #ARGV, 3 do
+  if redis.call('HSETNX', KEYS[3], ARGV[i], 1) == 1 then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ${STREAM_MAXLEN}, '*', 'record', ARGV[i + 1])
+    local cell, m = nil, 0
+    for v in string.gmatch(ARGV[i + 2], '[^,]+') do
+      if cell == nil then
+        cell = tonumber(v)
+        sums[cell] = sums[cell] or {}
+      else
+        m = m + 1
+        sums[cell][m] = (sums[cell][m] or 0) + tonumber(v)
+      end
     end
     n = n + 1
+  end
+end
+for cell, s in pairs(sums) do
+  for m, v in pairs(s) do
+    if v ~= 0 then redis.call('HINCRBY', KEYS[2], ARGV[cell + 1] .. '\\t' .. metrics[m], v) end
   end
 end
 redis.call('EXPIRE', KEYS[2], ${AGG_TTL_SECONDS})
@@ -60,23 +77,33 @@ export class RedisUsageStore implements UsageStore {
     const byDay = new Map<string, UsageRecord[]>();
     for (const r of records) {
       const d = dayOf(r.ts);
-      byDay.set(d, [...(byDay.get(d) ?? []), r]);
+      const rs = byDay.get(d);
+      if (rs) rs.push(r);
+      else byDay.set(d, [r]);
     }
     await Promise.all(
       [...byDay].map(([day, rs]) => {
-        const args: string[] = [];
+        const cells = new Map<string, number>();
+        const recordArgs: string[] = [];
         for (const r of rs) {
-          const inc = increments(r);
           const id = cellId(r);
-          const fields: Record<string, number> = {};
-          for (const m of METRICS) fields[`${id}\t${m}`] = inc[m];
-          args.push(r.requestId, JSON.stringify(r), JSON.stringify(fields));
+          let cell = cells.get(id);
+          if (cell === undefined) {
+            cell = cells.size + 1;
+            cells.set(id, cell);
+          }
+          const inc = increments(r);
+          let incs = String(cell);
+          for (const m of METRICS) incs += `,${inc[m]}`;
+          recordArgs.push(r.requestId, JSON.stringify(r), incs);
         }
         return this.redis.tollgateUsageWrite(
           this.stream,
           this.aggKey(day),
           `${this.tag}:seen:${day}`,
-          ...args,
+          String(cells.size),
+          ...cells.keys(),
+          ...recordArgs,
         );
       }),
     );
