@@ -8,6 +8,7 @@ import type { Limiter } from '../limits/limiter.js';
 import { countPromptTokens } from '../metering/tokens.js';
 import type { AppEnv } from '../server/env.js';
 import { readBody } from '../server/read-body.js';
+import { Cancel } from '../upstream/cancel.js';
 import type { Router, UpstreamResponse } from '../upstream/router.js';
 import type { Upstream } from '../upstream/upstream.js';
 import { type ChatRequest, checkOutputLimit, parseChatRequest, requestedOutput } from './chat-request.js';
@@ -178,7 +179,7 @@ async function forward(
 ): Promise<Response> {
   const { sink, trace, req, raw } = x;
   const stream = trace.stream;
-  const abort = new AbortController();
+  const abort = new Cancel();
   if (flight) {
     x.feed = flight.feed;
     flight.onAbandoned(() => abort.abort());
@@ -197,7 +198,7 @@ async function forward(
   try {
     res = await deps.router.send(trace.model!, upstreamBody(req, raw, trace.model!.id, stream), {
       stream,
-      signal: abort.signal,
+      signal: abort,
     });
   } catch (err) {
     if (sink.clientGone) return clientGone(x);

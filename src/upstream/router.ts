@@ -4,6 +4,7 @@ import type { Dispatcher } from 'undici';
 import { errors as undiciErrors } from 'undici';
 import type { Config, ModelConfig } from '../config/schema.js';
 import { GatewayError } from '../errors/gateway-error.js';
+import { Cancel } from './cancel.js';
 import { CircuitBreaker, type CircuitStateValue, type Permit } from './circuit-breaker.js';
 import type { Upstream } from './upstream.js';
 
@@ -117,7 +118,7 @@ export class Router {
   async send(
     model: ModelConfig,
     bodyFor: (u: Upstream) => string | Buffer,
-    opts: { stream: boolean; signal: AbortSignal },
+    opts: { stream: boolean; signal: Cancel },
   ): Promise<UpstreamResponse> {
     const maxAttempts = 1 + this.routing.retries;
     let attempts = 0;
@@ -167,16 +168,16 @@ export class Router {
     permit: Permit,
     modelId: string,
     body: string | Buffer,
-    opts: { stream: boolean; signal: AbortSignal },
+    opts: { stream: boolean; signal: Cancel },
   ): Promise<Attempt> {
     const t = this.routing.timeouts;
     const { stream, signal } = opts;
     const limit = stream ? t.firstByteMs : t.requestMs;
     // The request's own signal: the client leaving, or a deadline of the gateway's.
-    const ctrl = new AbortController();
+    const ctrl = new Cancel();
     const forward = (): void => ctrl.abort(signal.reason);
     if (signal.aborted) forward();
-    else signal.addEventListener('abort', forward, { once: true });
+    else signal.once('abort', forward);
     let response: Dispatcher.ResponseData['body'] | null = null;
     let timedOut = false;
     const deadline = setTimeout(() => {
@@ -186,7 +187,7 @@ export class Router {
     }, limit);
     const cleanup = (): void => {
       clearTimeout(deadline);
-      signal.removeEventListener('abort', forward);
+      signal.removeListener('abort', forward);
     };
     const started = performance.now();
     let res: Dispatcher.ResponseData;
@@ -196,7 +197,8 @@ export class Router {
         path: u.path,
         headers: u.headers,
         body,
-        signal: ctrl.signal,
+        // undici's types name AbortSignal or EventEmitter; it uses only what Cancel has.
+        signal: ctrl as unknown as AbortSignal,
         headersTimeout: limit,
         // For a stream the body timeout must not cut the wait for the first chunk.
         bodyTimeout: stream ? Math.max(t.idleMs, t.firstByteMs) : t.requestMs,
@@ -306,17 +308,17 @@ export class Router {
   }
 
   /** Jittered exponential backoff between attempts, cut short when the client leaves. */
-  private backoff(attempt: number, signal: AbortSignal): Promise<void> {
+  private backoff(attempt: number, signal: Cancel): Promise<void> {
     const ms = Math.min(1000, 50 * 2 ** (attempt - 1)) * (0.5 + this.random() / 2);
     if (signal.aborted) return Promise.resolve();
     return new Promise((resolve) => {
       const done = (): void => {
         clearTimeout(timer);
-        signal.removeEventListener('abort', done);
+        signal.removeListener('abort', done);
         resolve();
       };
       const timer = setTimeout(done, ms);
-      signal.addEventListener('abort', done, { once: true });
+      signal.once('abort', done);
     });
   }
 }
@@ -387,7 +389,7 @@ function watchIdle(body: Readable, ms: number): void {
 function firstChunk(
   body: Readable,
   ms: number,
-  signal: AbortSignal,
+  signal: Cancel,
 ): Promise<'data' | 'end' | 'error' | 'timeout' | 'aborted'> {
   if (body.readableLength > 0) return Promise.resolve('data');
   if (signal.aborted) return Promise.resolve('aborted');
@@ -398,7 +400,7 @@ function firstChunk(
       body.off('end', onEnd);
       body.off('error', onError);
       body.off('close', onClose);
-      signal.removeEventListener('abort', onAbort);
+      signal.removeListener('abort', onAbort);
       resolve(r);
     };
     // 'readable' fires when data is buffered, or at the end of the stream with nothing buffered.
@@ -413,7 +415,7 @@ function firstChunk(
     body.on('end', onEnd);
     body.on('error', onError);
     body.on('close', onClose);
-    signal.addEventListener('abort', onAbort, { once: true });
+    signal.once('abort', onAbort);
   });
 }
 

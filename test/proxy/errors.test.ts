@@ -6,6 +6,7 @@ import { errors as undiciErrors } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { generateKey } from '../../src/auth/key-format.js';
 import type { ModelConfig } from '../../src/config/schema.js';
+import { Cancel } from '../../src/upstream/cancel.js';
 import { Router } from '../../src/upstream/router.js';
 import type { Upstream } from '../../src/upstream/upstream.js';
 import { type MockUpstream, startMockUpstream } from '../mock-upstream/index.js';
@@ -681,7 +682,7 @@ describe('the router', () => {
       }),
       fake('second', ok),
     );
-    const res = await router.send(m, () => '{}', { stream: false, signal: new AbortController().signal });
+    const res = await router.send(m, () => '{}', { stream: false, signal: new Cancel() });
     expect(res.upstream.name).toBe('second');
   });
 
@@ -698,7 +699,7 @@ describe('the router', () => {
       }),
     );
     const err = await router
-      .send(m, () => '{}', { stream: false, signal: new AbortController().signal })
+      .send(m, () => '{}', { stream: false, signal: new Cancel() })
       .catch((e: unknown) => e);
     expect(err).toMatchObject({ code: 'upstream_timeout', status: 504 });
     expect(calls).toBe(1);
@@ -710,7 +711,7 @@ describe('the router', () => {
       fake('second', async () => ({ statusCode: 408, headers: {}, body: dumpable() })),
     );
     const err = await router
-      .send(m, () => '{}', { stream: false, signal: new AbortController().signal })
+      .send(m, () => '{}', { stream: false, signal: new Cancel() })
       .catch((e: unknown) => e);
     expect(err).toMatchObject({ code: 'upstream_error', status: 502 });
     expect((err as Error).message).not.toMatch(/credentials/);
@@ -725,7 +726,7 @@ describe('the router', () => {
         body: Readable.from([Buffer.from('data: {}\n\n')]),
       })),
     );
-    const res = await router.send(m, () => '{}', { stream: true, signal: new AbortController().signal });
+    const res = await router.send(m, () => '{}', { stream: true, signal: new Cancel() });
     expect(res.upstream.name).toBe('second');
     const chunks: Buffer[] = [];
     for await (const c of res.body) chunks.push(c as Buffer);

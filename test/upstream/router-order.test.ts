@@ -2,6 +2,7 @@ import { Readable } from 'node:stream';
 import { errors as undiciErrors } from 'undici';
 import { describe, expect, it } from 'vitest';
 import type { Config, ModelConfig } from '../../src/config/schema.js';
+import { Cancel } from '../../src/upstream/cancel.js';
 import { Router, type RouterEvents } from '../../src/upstream/router.js';
 import type { Upstream } from '../../src/upstream/upstream.js';
 
@@ -88,8 +89,7 @@ function makeRouter(
     events,
     opts.random,
   );
-  const send = (stream = false) =>
-    router.send(m, () => '{}', { stream, signal: new AbortController().signal });
+  const send = (stream = false) => router.send(m, () => '{}', { stream, signal: new Cancel() });
   return { router, m, rec, send };
 }
 
