@@ -1,4 +1,4 @@
-import { countTokens } from 'gpt-tokenizer/encoding/o200k_base';
+import { countO200k, loadO200k } from './o200k.js';
 
 // Counting is exact up to this much text; beyond it, a pure-JS tokenizer would block the event
 // loop for every other request, so the UTF-8 byte length stands in as an upper bound
@@ -32,7 +32,7 @@ export function countPromptTokens(messages: unknown[]): number {
 const PIECE = 256;
 
 function countInPieces(text: string): number {
-  if (text.length <= PIECE) return countTokens(text);
+  if (text.length <= PIECE) return countO200k(text);
   let n = 0;
   for (let at = 0; at < text.length; ) {
     let end = Math.min(text.length, at + PIECE);
@@ -42,7 +42,7 @@ function countInPieces(text: string): number {
       if (cut > at + 1) end = cut;
       else if (isHighSurrogate(text.charCodeAt(end - 1))) end--;
     }
-    n += countTokens(text.slice(at, end));
+    n += countO200k(text.slice(at, end));
     at = end;
   }
   return n;
@@ -77,7 +77,7 @@ function collectText(content: unknown, into: string[]): void {
   }
 }
 
-/** Loads the encoder's tables now, so the first request does not stall the event loop doing it. */
+/** Loads the token table now, so the first request does not stall the event loop doing it. */
 export function warmUpTokenizer(): void {
-  countTokens('warm up');
+  loadO200k();
 }

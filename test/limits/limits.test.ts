@@ -141,6 +141,15 @@ describe('limits on one gateway', () => {
     expect(body.error.message).toMatch(/^Request too large for key/);
   });
 
+  it('counts a prompt that spells a special token as text (it used to fail with a 500)', async () => {
+    const { key } = await gw.issueKey({ team: 'tpm-special', limits: { tpm: 100_000 } });
+    const res = await ask(gw.url, key, 'what does <|endoftext|> mean?', { max_tokens: 10 });
+    expect(res.status).toBe(200);
+    // Reserved: the prompt's tokens (text, not one special token) plus max_tokens.
+    expect(100_000 - Number(res.headers.get('x-ratelimit-remaining-tokens'))).toBeGreaterThan(10 + 8);
+    await res.text();
+  });
+
   it("gives the SDK a RateLimitError with OpenAI's wording and headers, and its retry waits as told", async () => {
     const { key } = await gw.issueKey({ name: 'ci-bot', team: 'sdk', limits: { rpm: 60 } });
     const client = new OpenAI({ apiKey: key, baseURL: `${gw.url}/v1`, maxRetries: 0 });
