@@ -134,7 +134,7 @@ export class ResponseCache {
   }
 
   countBypass(): void {
-    this.metrics?.cacheLookups.inc({ result: 'bypass' });
+    this.metrics?.cacheLookupsOf.get('bypass').inc();
   }
 
   /**
@@ -169,7 +169,7 @@ export class ResponseCache {
     if (this.finishing.length > 0) void this.flush();
     if (control.noCache) return null;
     const e = this.nearGet(id, control.maxAgeSeconds);
-    if (e) this.metrics?.cacheLookups.inc({ result: 'hit' });
+    if (e) this.metrics?.cacheLookupsOf.get('hit').inc();
     return e;
   }
 
@@ -178,7 +178,7 @@ export class ResponseCache {
     if (this.finishing.length > 0) void this.flush();
     const local = control.noCache ? undefined : this.flights.get(id);
     if (local) {
-      this.metrics?.cacheLookups.inc({ result: 'hit' });
+      this.metrics?.cacheLookupsOf.get('hit').inc();
       local.listeners++;
       return {
         entry: null,
@@ -213,10 +213,10 @@ export class ResponseCache {
           locked = await withDeadline(this.store.lock(id, lockTtl), this.deadlineMs);
         }
       }
-      this.metrics?.cacheLookups.inc({ result: entry ? 'hit' : 'miss' });
+      this.metrics?.cacheLookupsOf.get(entry ? 'hit' : 'miss').inc();
     } catch {
       // Without the store there is neither an entry nor cross-instance coordination: lead.
-      this.metrics?.cacheLookups.inc({ result: 'error' });
+      this.metrics?.cacheLookupsOf.get('error').inc();
       this.metrics?.storeErrors.inc({ store: 'cache', op: 'get' });
       return { entry: null, flight: this.leadership(id, flight, done, false) };
     }

@@ -20,8 +20,10 @@ const KNOWN_STORE_OPS: [string, string][] = [
 ];
 
 /**
- * A metric's children by label values (in label-name order), made once: prom-client hashes a
- * label object on every call otherwise, which the per-request metrics would pay several times.
+ * The series of one metric by label values (in label-name order), each found once and then
+ * updated in place. prom-client's own `labels(...).inc()` hashes and validates the label object
+ * on every call (and a histogram's `observe` also builds a closure and converts its bucket bound
+ * to a property name): with a dozen updates per request that showed in the profile.
  */
 export class Children<C> {
   private readonly made = new Map<string, C>();
@@ -41,6 +43,95 @@ export class Children<C> {
   clear(): void {
     this.made.clear();
   }
+}
+
+// A series' entry in its metric's table (`hashMap`: the same shape in prom-client 12-15, also
+// read by `forgetKey`; test/metrics/series.test.ts checks every kind against prom-client's own
+// updates, so an upgrade that changes it fails there).
+type ValueEntry = { value: number; labels: Record<string, string> };
+type HistogramEntry = {
+  sum: number;
+  count: number;
+  bucketValues: Record<string, number>;
+  labels: Record<string, string>;
+};
+
+function entryOf<E extends { labels: Record<string, string> }>(
+  metric: unknown,
+  labels: Record<string, string>,
+): E {
+  const table = (metric as { hashMap: Record<string, E> }).hashMap;
+  const names = Object.keys(labels);
+  const entry = Object.values(table).find((e) => names.every((n) => e.labels[n] === labels[n]));
+  if (!entry) throw new Error('metric series not found after creating it');
+  return entry;
+}
+
+const labelsOf = (names: readonly string[], values: string[]): Record<string, string> =>
+  Object.fromEntries(names.map((n, i) => [n, values[i] ?? '']));
+
+/** A counter series: `inc` adds a non-negative finite amount (anything else is ignored). */
+export function counterSeries(
+  c: Counter<string>,
+  names: readonly string[],
+): Children<{ inc(v?: number): void }> {
+  return new Children((...values) => {
+    const labels = labelsOf(names, values);
+    c.inc(labels, 0);
+    const e = entryOf<ValueEntry>(c, labels);
+    return {
+      inc: (v = 1) => {
+        if (v > 0 && v !== Number.POSITIVE_INFINITY) e.value += v;
+      },
+    };
+  });
+}
+
+/** A gauge series moved up and down by one (requests in flight). */
+export function gaugeSeries(
+  g: Gauge<string>,
+  names: readonly string[],
+): Children<{ inc(): void; dec(): void }> {
+  return new Children((...values) => {
+    const labels = labelsOf(names, values);
+    g.inc(labels, 0);
+    const e = entryOf<ValueEntry>(g, labels);
+    return {
+      inc: () => {
+        e.value += 1;
+      },
+      dec: () => {
+        e.value -= 1;
+      },
+    };
+  });
+}
+
+/** A histogram series: `observe` counts a finite value in the first bucket whose bound it does not exceed. */
+export function histogramSeries(
+  h: Histogram<string>,
+  names: readonly string[],
+  buckets: readonly number[],
+): Children<{ observe(v: number): void }> {
+  const keys = buckets.map(String);
+  return new Children((...values) => {
+    const labels = labelsOf(names, values);
+    h.zero(labels);
+    const e = entryOf<HistogramEntry>(h, labels);
+    return {
+      observe: (v) => {
+        if (!Number.isFinite(v)) return;
+        e.sum += v;
+        e.count += 1;
+        for (let i = 0; i < buckets.length; i++) {
+          if (v <= buckets[i]!) {
+            e.bucketValues[keys[i]!]! += 1;
+            return;
+          }
+        }
+      },
+    };
+  });
 }
 
 /** Every metric of SPEC section 9 in one registry, built once per process. */
@@ -70,6 +161,9 @@ export class Metrics {
   readonly inflightOf: Children<{ inc(): void; dec(): void }>;
   readonly tokensOf: Children<{ inc(v: number): void }>;
   readonly costOf: Children<{ inc(v: number): void }>;
+  readonly cacheLookupsOf: Children<{ inc(): void }>;
+  readonly upstreamRequestsOf: Children<{ inc(): void }>;
+  readonly upstreamDurationOf: Children<{ observe(v: number): void }>;
 
   constructor(readonly keyLabels: boolean) {
     const r = [this.registry];
@@ -194,12 +288,19 @@ export class Metrics {
     // empty ("No data") instead of showing zero.
     for (const result of ['hit', 'miss', 'bypass', 'error']) this.cacheLookups.inc({ result }, 0);
     for (const [store, op] of KNOWN_STORE_OPS) this.storeErrors.inc({ store, op }, 0);
-    this.requestsOf = new Children((...v) => this.requests.labels(...v));
-    this.durationOf = new Children((...v) => this.duration.labels(...v));
-    this.overheadOf = new Children((...v) => this.overhead.labels(...v));
-    this.inflightOf = new Children((...v) => this.inflight.labels(...v));
-    this.tokensOf = new Children((...v) => this.tokens.labels(...v));
-    this.costOf = new Children((...v) => this.cost.labels(...v));
+    this.requestsOf = counterSeries(this.requests, ['route', 'model', 'status', 'cache', 'team', 'key']);
+    this.durationOf = histogramSeries(this.duration, ['route', 'model', 'stream', 'cache'], LLM_BUCKETS);
+    this.overheadOf = histogramSeries(this.overhead, ['route'], OVERHEAD_BUCKETS);
+    this.inflightOf = gaugeSeries(this.inflight, ['route']);
+    this.tokensOf = counterSeries(this.tokens, ['model', 'team', 'key', 'type']);
+    this.costOf = counterSeries(this.cost, ['model', 'team', 'key']);
+    this.cacheLookupsOf = counterSeries(this.cacheLookups, ['result']);
+    this.upstreamRequestsOf = counterSeries(this.upstreamRequests, ['upstream', 'status']);
+    this.upstreamDurationOf = histogramSeries(
+      this.upstreamDuration,
+      ['upstream', 'model', 'status'],
+      LLM_BUCKETS,
+    );
   }
 
   /** The `key` label value: the key's name, or empty when key labels are off. */

@@ -57,8 +57,8 @@ export function buildRuntime(config: Config, logger: Logger): Runtime {
   const router = new Router(upstreams, config.models, config.routing, {
     retry: (upstream, reason) => metrics?.upstreamRetries.inc({ upstream, reason }),
     upstreamResult: (upstream, model, status, seconds) => {
-      metrics?.upstreamRequests.inc({ upstream, status });
-      metrics?.upstreamDuration.observe({ upstream, model, status }, seconds);
+      metrics?.upstreamRequestsOf.get(upstream, status).inc();
+      metrics?.upstreamDurationOf.get(upstream, model, status).observe(seconds);
     },
     circuit: (upstream, state) => metrics?.circuitState.set({ upstream }, state),
   });
