@@ -10,19 +10,35 @@ const IGNORED = new Set(['model', 'stream', 'stream_options', 'user', 'metadata'
  */
 export function cacheKeyOf(modelId: string, req: ChatRequest): string {
   let text = `${modelId}\n`;
-  const fields = Object.keys(req)
-    .filter((k) => !IGNORED.has(k) && req[k] !== undefined)
-    .sort();
-  for (const k of fields) text += `${JSON.stringify(k)}:${canonical(req[k])},`;
+  for (const k of sortedKeys(req)) {
+    if (!IGNORED.has(k) && req[k] !== undefined) text += `${JSON.stringify(k)}:${canonical(req[k])},`;
+  }
   return hash('sha256', text, 'base64url');
 }
 
+// Built by appending to one string: no arrays of parts per object or array.
 function canonical(v: unknown): string {
   if (v === null || typeof v !== 'object') return JSON.stringify(v) ?? 'null';
-  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
+  let out: string;
+  if (Array.isArray(v)) {
+    out = '[';
+    for (let i = 0; i < v.length; i++) out += (i > 0 ? ',' : '') + canonical(v[i]);
+    return `${out}]`;
+  }
   const o = v as Record<string, unknown>;
-  const keys = Object.keys(o)
-    .filter((k) => o[k] !== undefined)
-    .sort();
-  return `{${keys.map((k) => `${JSON.stringify(k)}:${canonical(o[k])}`).join(',')}}`;
+  out = '{';
+  for (const k of sortedKeys(o)) {
+    if (o[k] === undefined) continue;
+    out += `${out.length > 1 ? ',' : ''}${JSON.stringify(k)}:${canonical(o[k])}`;
+  }
+  return `${out}}`;
+}
+
+/** An object's keys in sorted order (sorting only when they are not already). */
+function sortedKeys(o: object): string[] {
+  const keys = Object.keys(o);
+  for (let i = 1; i < keys.length; i++) {
+    if (keys[i - 1]! > keys[i]!) return keys.sort();
+  }
+  return keys;
 }

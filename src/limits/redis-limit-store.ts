@@ -192,9 +192,15 @@ export class RedisLimitStore implements LimitStore {
   }
 
   private keys(dims: Dimension[], day: string, month: string): string[] {
+    if (dims.length === 1) return this.dimensionKeys(dims[0]!, day, month);
     const keys: string[] = [];
     for (const d of dims) keys.push(...this.dimensionKeys(d, day, month));
     return keys;
+  }
+
+  /** Names the set of dimensions (and day) that settlements are summed for: their day-spend keys. */
+  private static group(keys: string[], dims: number): string {
+    return dims === 1 ? keys[2]! : `${keys[2]!} ${keys[KEYS_PER_DIM + 2]!}`;
   }
 
   /** A dimension's five keys for a day, built once (every admission and settlement needs them). */
@@ -218,7 +224,7 @@ export class RedisLimitStore implements LimitStore {
     const args: (string | number)[] = [...keys, i.now, member, i.tokens, i.leaseTtlMs, hit];
     for (const d of i.dims)
       args.push(d.rpm ?? -1, d.tpm ?? -1, d.maxConcurrent ?? -1, d.budgetNano ?? -1, d.period);
-    const group = keys.join(' ');
+    const group = RedisLimitStore.group(keys, i.dims.length);
     const carried = this.pending.get(group);
     if (carried) this.pending.delete(group);
     pushSettlement(args, carried);
@@ -255,7 +261,7 @@ export class RedisLimitStore implements LimitStore {
   settle(s: SettleInput): Promise<void> {
     const keys = this.keys(s.dims, s.day, s.month);
     return new Promise<void>((resolve, reject) => {
-      this.enqueue(keys.join(' '), {
+      this.enqueue(RedisLimitStore.group(keys, s.dims.length), {
         keys,
         dims: s.dims,
         now: s.now,

@@ -49,13 +49,34 @@ export function loadO200k(): void {
 export function countO200k(text: string): number {
   if (!loaded) loadO200k();
   let n = 0;
-  O200K_SPLIT.lastIndex = 0;
-  for (let m = O200K_SPLIT.exec(text); m !== null; m = O200K_SPLIT.exec(text)) n += countPiece(m[0]);
+  let at = 0;
+  STICKY.lastIndex = 0;
+  while (at < text.length) {
+    // Every character belongs to some alternative of the pattern, so pieces follow each other;
+    // were one skipped, the search goes on from there as the global pattern's would.
+    if (!STICKY.test(text)) return n + countFrom(text, at);
+    n += countPiece(text, at, STICKY.lastIndex);
+    at = STICKY.lastIndex;
+  }
   return n;
 }
 
-function countPiece(piece: string): number {
-  const len = encodeUtf8(piece);
+// The split pattern anchored where the last piece ended: `test` finds the next piece without
+// building a match array or a substring.
+const STICKY = new RegExp(O200K_SPLIT.source, 'uy');
+
+function countFrom(text: string, at: number): number {
+  let n = 0;
+  O200K_SPLIT.lastIndex = at;
+  for (let m = O200K_SPLIT.exec(text); m !== null; m = O200K_SPLIT.exec(text)) {
+    n += countPiece(text, m.index, m.index + m[0].length);
+  }
+  return n;
+}
+
+/** Tokens of the piece text[from .. to). */
+function countPiece(text: string, from: number, to: number): number {
+  const len = encodeUtf8(text, from, to);
   if (len < 0) return mergeCount(-len); // lone surrogates: no whole-piece shortcut, see below
   if (len === 1) return 1;
   // gpt-tokenizer looks the whole piece up by its string, which never finds a token that
@@ -146,12 +167,12 @@ function hash(buf: Uint8Array, from: number, to: number): number {
  * surrogate (written as U+FFFD, as TextEncoder does). Such a piece never matches a token by
  * its string in gpt-tokenizer, so it is always merged.
  */
-function encodeUtf8(s: string): number {
-  if (utf8.length < s.length * 3) utf8 = new Uint8Array(s.length * 6);
+function encodeUtf8(s: string, from: number, to: number): number {
+  if (utf8.length < (to - from) * 3) utf8 = new Uint8Array((to - from) * 6);
   const out = utf8;
   let n = 0;
   let lone = false;
-  for (let i = 0; i < s.length; i++) {
+  for (let i = from; i < to; i++) {
     let c = s.charCodeAt(i);
     if (c < 0x80) {
       out[n++] = c;
@@ -163,7 +184,7 @@ function encodeUtf8(s: string): number {
       continue;
     }
     if (c >= 0xd800 && c <= 0xdfff) {
-      const d = i + 1 < s.length ? s.charCodeAt(i + 1) : 0;
+      const d = i + 1 < to ? s.charCodeAt(i + 1) : 0;
       if (c <= 0xdbff && d >= 0xdc00 && d <= 0xdfff) {
         const cp = 0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00);
         i++;

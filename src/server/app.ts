@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
 import { type Context, Hono } from 'hono';
 import { cors } from 'hono/cors';
 import { type AdminEnv, adminAuth } from '../admin/admin-auth.js';
@@ -74,8 +75,10 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     c.set('requestId', id);
     c.set('startedAt', performance.now());
     c.set('responseHeaders', {});
-    c.header('x-request-id', id);
     await next();
+    // A proxied answer written straight to the socket carries it already (relay.ts); Hono's own
+    // answers get it here (setting it before would build a web Headers object for every request).
+    if (c.res !== RESPONSE_ALREADY_SENT) c.res.headers.set('x-request-id', id);
   });
 
   if (config.server.cors !== false) {
