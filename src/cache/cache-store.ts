@@ -1,3 +1,4 @@
+import { Cluster } from 'ioredis';
 import type { TokenUsage } from '../proxy/usage.js';
 import type { RedisClient } from '../store/redis.js';
 
@@ -37,8 +38,13 @@ export interface CacheStore {
   get(id: string): Promise<CacheEntry | null>;
   /** Takes the cross-instance lock for a miss; false if another instance holds it. */
   lock(id: string, ttlMs: number): Promise<boolean>;
-  /** Stores the leader's entry (if any) and releases its lock. */
+  /**
+   * Stores the leader's entry (if any) and releases its lock. A remote store may hold it back
+   * briefly to send it with its next lookup; it resolves once written.
+   */
   finish(id: string, entry: CacheEntry | null, ttlMs: number): Promise<void>;
+  /** Writes what `finish` holds back (at shutdown). */
+  flush?(): Promise<void>;
   /** Whether some instance still holds the lock (its leader is still fetching). */
   locked(id: string): Promise<boolean>;
 }
@@ -59,14 +65,45 @@ redis.call('DEL', KEYS[2])
 return 1
 `;
 
+// On a single server the leaders' finishes ride along with the next lookup: KEYS entry, lock,
+// then an entry and a lock per finish; ARGV the lock's ttl, then an entry and its ttl per finish.
+const FINISH_THEN_GET_OR_LOCK = `
+for i = 3, #KEYS, 2 do
+  if ARGV[i - 1] ~= '' then redis.call('SET', KEYS[i], ARGV[i - 1], 'PX', ARGV[i]) end
+  redis.call('DEL', KEYS[i + 1])
+end
+${GET_OR_LOCK}`;
+
+/**
+ * How long a finish may wait for a lookup to carry it: waiters on other instances poll every
+ * 25 ms anyway, and a quiet instance writes it after this.
+ */
+const FINISH_WAIT_MS = 10;
+
+interface HeldFinish {
+  entryKey: string;
+  lockKey: string;
+  raw: Buffer | string;
+  ttlMs: number;
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
 type Scripted = RedisClient & {
   tollgateCacheFinish(entry: string, lock: string, raw: Buffer | string, ttl: number): Promise<number>;
+  /** Key count first: the number of finishes carried varies. */
+  tollgateCacheFinishThenGetOrLockBuffer(
+    ...args: (string | number | Buffer)[]
+  ): Promise<[Buffer | null, number]>;
   /** The Buffer-reply form ioredis defines next to every script: entries are raw bytes. */
   tollgateCacheGetOrLockBuffer(entry: string, lock: string, ttl: number): Promise<[Buffer | null, number]>;
 };
 
 export class RedisCacheStore implements CacheStore {
   private readonly redis: Scripted;
+  /** A Cluster spreads entries over slots, so finishes cannot ride with another entry's lookup. */
+  private readonly carries: boolean;
+  private held: HeldFinish[] = [];
+  private timer: NodeJS.Timeout | null = null;
 
   constructor(
     redis: RedisClient,
@@ -74,7 +111,9 @@ export class RedisCacheStore implements CacheStore {
   ) {
     redis.defineCommand('tollgateCacheGetOrLock', { numberOfKeys: 2, lua: GET_OR_LOCK });
     redis.defineCommand('tollgateCacheFinish', { numberOfKeys: 2, lua: FINISH });
+    redis.defineCommand('tollgateCacheFinishThenGetOrLock', { lua: FINISH_THEN_GET_OR_LOCK });
     this.redis = redis as Scripted;
+    this.carries = !(redis instanceof Cluster);
   }
 
   private entryKey(id: string): string {
@@ -86,11 +125,29 @@ export class RedisCacheStore implements CacheStore {
   }
 
   async getOrLock(id: string, lockTtlMs: number): Promise<{ entry: CacheEntry | null; locked: boolean }> {
-    const [raw, locked] = await this.redis.tollgateCacheGetOrLockBuffer(
-      this.entryKey(id),
-      this.lockKey(id),
-      lockTtlMs,
-    );
+    let reply: [Buffer | null, number];
+    const held = this.held;
+    if (held.length === 0) {
+      reply = await this.redis.tollgateCacheGetOrLockBuffer(this.entryKey(id), this.lockKey(id), lockTtlMs);
+    } else {
+      this.held = [];
+      if (this.timer) clearTimeout(this.timer);
+      this.timer = null;
+      const keys: string[] = [this.entryKey(id), this.lockKey(id)];
+      const args: (string | number | Buffer)[] = [lockTtlMs];
+      for (const h of held) {
+        keys.push(h.entryKey, h.lockKey);
+        args.push(h.raw, h.ttlMs);
+      }
+      try {
+        reply = await this.redis.tollgateCacheFinishThenGetOrLockBuffer(keys.length, ...keys, ...args);
+      } catch (err) {
+        for (const h of held) h.reject(err);
+        throw err;
+      }
+      for (const h of held) h.resolve();
+    }
+    const [raw, locked] = reply;
     return { entry: raw ? decodeEntry(raw) : null, locked: Number(locked) === 1 };
   }
 
@@ -103,12 +160,27 @@ export class RedisCacheStore implements CacheStore {
     return (await this.redis.set(this.lockKey(id), '1', 'PX', ttlMs, 'NX')) === 'OK';
   }
 
-  async finish(id: string, entry: CacheEntry | null, ttlMs: number): Promise<void> {
-    await this.redis.tollgateCacheFinish(
-      this.entryKey(id),
-      this.lockKey(id),
-      entry ? encodeEntry(entry) : '',
-      ttlMs,
+  finish(id: string, entry: CacheEntry | null, ttlMs: number): Promise<void> {
+    const raw = entry ? encodeEntry(entry) : '';
+    if (!this.carries) {
+      return this.redis.tollgateCacheFinish(this.entryKey(id), this.lockKey(id), raw, ttlMs).then(() => {});
+    }
+    return new Promise<void>((resolve, reject) => {
+      this.held.push({ entryKey: this.entryKey(id), lockKey: this.lockKey(id), raw, ttlMs, resolve, reject });
+      this.timer ??= setTimeout(() => void this.flush(), FINISH_WAIT_MS).unref();
+    });
+  }
+
+  /** Writes the held finishes on their own (the timer's job when no lookup came; at shutdown). */
+  async flush(): Promise<void> {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    const held = this.held;
+    this.held = [];
+    await Promise.all(
+      held.map((h) =>
+        this.redis.tollgateCacheFinish(h.entryKey, h.lockKey, h.raw, h.ttlMs).then(h.resolve, h.reject),
+      ),
     );
   }
 

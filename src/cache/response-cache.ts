@@ -50,12 +50,6 @@ interface LocalFlight {
 export type Opened = { entry: CacheEntry } | { entry: null; flight: Flight };
 
 const POLL_MS = 25;
-/**
- * How long a leader's entry (and lock release) may wait to leave with other Redis traffic: the
- * next lookup or admission takes it along (issued in the same tick), so storing costs no round trip of
- * its own; a quiet instance writes it after this. Waiters elsewhere poll every POLL_MS anyway.
- */
-const FINISH_WAIT_MS = 10;
 // The in-process tier in front of Redis: small, short-lived, so a repeated hit costs no round
 // trip. It takes entries found in the store (asked for again), not every answer stored: misses
 // that are never repeated would only fill it.
@@ -72,15 +66,13 @@ export class ResponseCache {
   private readonly flights = new Map<string, LocalFlight>();
   private readonly near = new Map<string, { entry: CacheEntry; expires: number; bytes: number }>();
   private nearBytes = 0;
-  private finishing: { id: string; entry: CacheEntry | null }[] = [];
-  private finishTimer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly store: CacheStore,
     private readonly cfg: Config['cache'],
     private readonly deadlineMs: number,
     private readonly metrics: Metrics | null,
-    /** The store is remote (Redis): recent entries are kept in process too, and writes batched. */
+    /** The store is remote (Redis): recent entries are kept in process too. */
     private readonly remote = true,
   ) {}
 
@@ -137,36 +129,20 @@ export class ResponseCache {
     this.metrics?.cacheLookupsOf.get('bypass').inc();
   }
 
-  /**
-   * Sends the leaders' finished entries to the store now. Called before every lookup and on the
-   * way to an admission, so they share its write; by a timer when nothing else goes out; at shutdown.
-   */
-  flush(): Promise<void> {
-    if (this.finishTimer) clearTimeout(this.finishTimer);
-    this.finishTimer = null;
-    if (this.finishing.length === 0) return Promise.resolve();
-    const batch = this.finishing;
-    this.finishing = [];
-    const ttl = this.cfg.ttlSeconds * 1000;
-    return Promise.all(
-      batch.map(({ id, entry }) =>
-        withDeadline(this.store.finish(id, entry, ttl), 5000).catch(() => {
-          this.metrics?.storeErrors.inc({ store: 'cache', op: 'set' });
-        }),
-      ),
-    ).then(() => {});
+  /** Writes the leaders' entries the store still holds back (at shutdown). */
+  async flush(): Promise<void> {
+    await this.store.flush?.();
   }
 
-  private finishLater(id: string, entry: CacheEntry | null): void {
-    this.finishing.push({ id, entry });
-    // A store in this process has no round trip to save.
-    if (!this.remote) void this.flush();
-    else this.finishTimer ??= setTimeout(() => void this.flush(), FINISH_WAIT_MS).unref();
+  /** Stores a leader's entry (a remote store sends it with its next lookup) and frees its lock. */
+  private finishInStore(id: string, entry: CacheEntry | null): void {
+    withDeadline(this.store.finish(id, entry, this.cfg.ttlSeconds * 1000), 5000).catch(() => {
+      this.metrics?.storeErrors.inc({ store: 'cache', op: 'set' });
+    });
   }
 
   /** A hit from the in-process tier, if it has a fresh entry (no I/O). */
   nearHit(id: string, control: CacheControl): CacheEntry | null {
-    if (this.finishing.length > 0) void this.flush();
     if (control.noCache) return null;
     const e = this.nearGet(id, control.maxAgeSeconds);
     if (e) this.metrics?.cacheLookupsOf.get('hit').inc();
@@ -175,7 +151,6 @@ export class ResponseCache {
 
   /** Looks the request up and, on a miss, joins or leads the single flight for it. */
   async open(id: string, control: CacheControl): Promise<Opened> {
-    if (this.finishing.length > 0) void this.flush();
     const local = control.noCache ? undefined : this.flights.get(id);
     if (local) {
       this.metrics?.cacheLookupsOf.get('hit').inc();
@@ -258,7 +233,7 @@ export class ResponseCache {
         flight.abort = abort;
       },
       finish: (entry) => {
-        if (entry || holdsLock) this.finishLater(id, entry);
+        if (entry || holdsLock) this.finishInStore(id, entry);
         done(entry);
       },
     };
