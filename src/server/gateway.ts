@@ -1,6 +1,5 @@
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { setFlagsFromString } from 'node:v8';
 import { createAdaptorServer } from '@hono/node-server';
 import type { Config } from '../config/schema.js';
 import { waitReady } from '../store/redis.js';
@@ -21,25 +20,12 @@ export interface StartOptions {
   keepAliveMs?: number;
 }
 
-/**
- * While allocation runs fast, V8 lets the old generation grow to up to 4× what survived the last
- * full collection, and under load a proxy's request objects that outlive two scavenges keep
- * arriving there: the heap settled at ~2.5× its live size (old space 105 MB committed, 28 MB
- * live, after `npm run bench`'s load). Growing by 30 % at a time keeps it near the live size;
- * the extra collections did not show in the benchmark's CPU per request. V8 reads the flag at
- * every collection, so setting it at start-up takes effect.
- */
-function limitHeapGrowth(): void {
-  setFlagsFromString('--heap-growing-percent=30');
-}
-
 /** Builds the runtime and app and starts listening; resolves once the port is bound. */
 export async function startGateway(
   config: Config,
   logger: Logger,
   opts: StartOptions = {},
 ): Promise<RunningGateway> {
-  limitHeapGrowth();
   const runtime = buildRuntime(config, logger);
   if (runtime.redis && !(await waitReady(runtime.redis, 5000))) {
     logger.warn('Redis is not reachable yet: starting anyway, it is picked up when it comes back');
