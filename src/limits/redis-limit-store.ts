@@ -18,15 +18,17 @@ const KEYS_PER_DIM = 5;
 // Settlement of the requests that ended on one set of dimensions: tokens corrected by their real
 // usage (refund or charge, summed), their leases released, their real cost added to the spend
 // counters. Shared by the settle script and the admission's prelude (below).
-// ARGV from \`at\`: token delta, cost, number of leases, the leases; \`tpm(d)\` gives a dimension's limit.
+// ARGV from \`at\`: token delta, cost, number of leases, the leases; \`dim(d)\` gives a dimension's
+// tpm and whether it takes leases (a dimension without any limit takes none). Spend counters get
+// their expiry when created.
 const SETTLE_FN = `
-local function settle(at, tpm)
+local function settle(at, dim)
   local delta, cost, n = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
   if n == 0 and delta == 0 and cost == 0 then return end
   local now = tonumber(ARGV[1])
   for d = 0, #KEYS / ${KEYS_PER_DIM} - 1 do
     local k = d * ${KEYS_PER_DIM}
-    local limit = tpm(d)
+    local limit, leased = dim(d)
     if limit >= 0 and delta ~= 0 then
       local st = redis.call('HMGET', KEYS[k + 1], 't', 'tt')
       local t = tonumber(st[1])
@@ -35,12 +37,10 @@ local function settle(at, tpm)
         redis.call('HSET', KEYS[k + 1], 't', tostring(t), 'tt', now)
       end
     end
-    if n > 0 then redis.call('ZREM', KEYS[k + 2], unpack(ARGV, at + 3, at + 2 + n)) end
+    if n > 0 and leased then redis.call('ZREM', KEYS[k + 2], unpack(ARGV, at + 3, at + 2 + n)) end
     if cost > 0 then
-      redis.call('INCRBY', KEYS[k + 3], cost)
-      redis.call('EXPIRE', KEYS[k + 3], 172800)
-      redis.call('INCRBY', KEYS[k + 4], cost)
-      redis.call('EXPIRE', KEYS[k + 4], 3456000)
+      if redis.call('INCRBY', KEYS[k + 3], cost) == cost then redis.call('EXPIRE', KEYS[k + 3], 172800) end
+      if redis.call('INCRBY', KEYS[k + 4], cost) == cost then redis.call('EXPIRE', KEYS[k + 4], 3456000) end
       redis.call('INCRBY', KEYS[k + 5], cost)
     end
   end
@@ -58,7 +58,11 @@ const ADMIT = `${SETTLE_FN}
 local now, member, need, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local hit, lease = ARGV[5] ~= '0', ARGV[5] ~= '2'
 local ndim = #KEYS / ${KEYS_PER_DIM}
-settle(6 + ndim * 5, function(d) return tonumber(ARGV[7 + d * 5]) end)
+settle(6 + ndim * 5, function(d)
+  local a = 6 + d * 5
+  local tpm = tonumber(ARGV[a + 1])
+  return tpm, tonumber(ARGV[a]) >= 0 or tpm >= 0 or tonumber(ARGV[a + 2]) >= 0 or tonumber(ARGV[a + 3]) >= 0
+end)
 local rs, ts, limited = {}, {}, {}
 for d = 0, ndim - 1 do
   local k, a = d * ${KEYS_PER_DIM}, 6 + d * 5
@@ -123,11 +127,11 @@ end
 return out
 `;
 
-// Settlements no admission has carried yet. ARGV: now, the settlement, then each dimension's tpm.
+// Settlements no admission has carried yet. ARGV: now, the settlement, then each dimension's tpm
+// and whether it takes leases ('1' or '0').
 const SETTLE = `${SETTLE_FN}
-local ndim = #KEYS / ${KEYS_PER_DIM}
 local n = tonumber(ARGV[4])
-settle(2, function(d) return tonumber(ARGV[5 + n + d]) end)
+settle(2, function(d) return tonumber(ARGV[5 + n + d * 2]), ARGV[6 + n + d * 2] == '1' end)
 return 1
 `;
 
@@ -305,7 +309,7 @@ export class RedisLimitStore implements LimitStore {
   private write(p: PendingSettle): Promise<void> {
     const args: (string | number)[] = [...p.keys, p.now];
     pushSettlement(args, p);
-    for (const d of p.dims) args.push(d.tpm ?? -1);
+    for (const d of p.dims) args.push(d.tpm ?? -1, takesLeases(d) ? 1 : 0);
     const settle = this.script('Settle', p.dims.length);
     return settle(...args).then(
       () => {
@@ -343,6 +347,10 @@ export class RedisLimitStore implements LimitStore {
     return { day: Number(d ?? 0), month: Number(m ?? 0), total: Number(t ?? 0) };
   }
 }
+
+/** Whether a dimension has any limit (the admission script checks and leases only those). */
+const takesLeases = (d: Dimension): boolean =>
+  d.rpm !== null || d.tpm !== null || d.maxConcurrent !== null || d.budgetNano !== null;
 
 /** Appends a settlement's ARGV part: token delta, cost, number of leases, the leases. */
 function pushSettlement(args: (string | number)[], p: PendingSettle | undefined): void {

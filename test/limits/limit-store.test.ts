@@ -209,3 +209,36 @@ it('keeps every key of one admission in one Redis Cluster slot', async () => {
   // Redis Cluster hashes only the part inside the first {...}: one tag, one slot.
   expect(new Set(keys.map((k) => /\{([^}]*)\}/.exec(k)?.[1]))).toEqual(new Set([`${prefix}lim:t:team1`]));
 });
+
+it('gives day and month spend counters their expiry once, when created, and keeps it', async () => {
+  const prefix = `test:ttl:${randomBytes(4).toString('hex')}:`;
+  const s = new RedisLimitStore(redis, prefix);
+  const d = dim({ tag: 't:ttl', rpm: 100 });
+  // A team without any limit: never checked, never leased, but its spend is still counted.
+  const team = dim({ kind: 'team', tag: 't:ttl' });
+  const settleOnce = async (): Promise<void> => {
+    const a = await s.admit(input([d, team], { costNano: 1 }));
+    await s.settle({
+      dims: [d, team],
+      now: 1_000_000,
+      day: '2026-11-25',
+      month: '2026-11',
+      lease: a.ok ? a.lease : '',
+      tokenDelta: 0,
+      costNano: 7,
+    });
+  };
+  await settleOnce();
+  const [dayKey] = await redis.keys(`*${prefix}*${d.id}:sd:2026-11-25`);
+  const [monthKey] = await redis.keys(`*${prefix}*${d.id}:sm:2026-11`);
+  const [teamLeases] = await redis.keys(`*${prefix}*${team.id}:l`);
+  expect(await redis.ttl(dayKey!)).toBeGreaterThan(172_700);
+  expect(await redis.ttl(monthKey!)).toBeGreaterThan(3_455_000);
+  expect(teamLeases).toBeUndefined();
+  await redis.expire(dayKey!, 1000);
+  await settleOnce();
+  // Set at creation only: a later settlement leaves the expiry alone and adds to the counter.
+  expect(await redis.ttl(dayKey!)).toBeLessThanOrEqual(1000);
+  expect(await redis.get(dayKey!)).toBe('14');
+  expect(await s.spend(team, '2026-11-25', '2026-11')).toEqual({ day: 14, month: 14, total: 14 });
+});
