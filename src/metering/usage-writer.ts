@@ -45,9 +45,17 @@ export class UsageWriter implements UsageSink {
     this.buffer.push(r);
   }
 
+  /**
+   * Writes everything buffered, a batch at a time: one batch per tick would fall behind any
+   * request rate above batchSize per interval (2,000/s by default), and the backlog would grow.
+   */
   private async tick(): Promise<void> {
-    if (this.writing || this.buffer.length === 0 || Date.now() < this.pausedUntil) return;
-    await this.writeOnce().catch(() => {});
+    if (this.writing) return;
+    try {
+      while (this.buffer.length > 0 && Date.now() >= this.pausedUntil) await this.writeOnce();
+    } catch {
+      // Counted by onError; the batch stays at the head for the next tick.
+    }
   }
 
   /** Writes one batch; on failure the batch stays at the head of the buffer. */
