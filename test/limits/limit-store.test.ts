@@ -36,6 +36,20 @@ const input = (dims: Dimension[], over: Partial<AdmitInput> = {}): AdmitInput =>
   ...over,
 });
 
+/** Admits a request on `dims` and settles it at once, `costNano` spent. */
+async function admitAndSettle(s: LimitStore, dims: Dimension[], costNano: number): Promise<void> {
+  const a = await s.admit(input(dims, { costNano: 1 }));
+  await s.settle({
+    dims,
+    now: 1_000_000,
+    day: '2026-11-25',
+    month: '2026-11',
+    lease: a.ok ? a.lease : '',
+    tokenDelta: 0,
+    costNano,
+  });
+}
+
 // The same algorithm runs in Lua (shared) and in memory (single instance, fallback): both must agree.
 describe.each([
   ['redis', () => new RedisLimitStore(redis, `test:lim:${randomBytes(4).toString('hex')}:`) as LimitStore],
@@ -194,16 +208,7 @@ it('keeps every key of one admission in one Redis Cluster slot', async () => {
   const s = new RedisLimitStore(redis, prefix);
   const key = dim({ tag: 't:team1', rpm: 5, budgetNano: 10, period: 'day' });
   const team = dim({ kind: 'team', tag: 't:team1', rpm: 5, maxConcurrent: 3 });
-  const a = await s.admit(input([key, team], { costNano: 1 }));
-  await s.settle({
-    dims: [key, team],
-    now: 1_000_000,
-    day: '2026-11-25',
-    month: '2026-11',
-    lease: a.ok ? a.lease : '',
-    tokenDelta: 0,
-    costNano: 5,
-  });
+  await admitAndSettle(s, [key, team], 5);
   const keys = await redis.keys(`*${prefix}*`);
   expect(keys.length).toBeGreaterThanOrEqual(4);
   // Redis Cluster hashes only the part inside the first {...}: one tag, one slot.
@@ -216,19 +221,7 @@ it('gives day and month spend counters their expiry once, when created, and keep
   const d = dim({ tag: 't:ttl', rpm: 100 });
   // A team without any limit: never checked, never leased, but its spend is still counted.
   const team = dim({ kind: 'team', tag: 't:ttl' });
-  const settleOnce = async (): Promise<void> => {
-    const a = await s.admit(input([d, team], { costNano: 1 }));
-    await s.settle({
-      dims: [d, team],
-      now: 1_000_000,
-      day: '2026-11-25',
-      month: '2026-11',
-      lease: a.ok ? a.lease : '',
-      tokenDelta: 0,
-      costNano: 7,
-    });
-  };
-  await settleOnce();
+  await admitAndSettle(s, [d, team], 7);
   const [dayKey] = await redis.keys(`*${prefix}*${d.id}:sd:2026-11-25`);
   const [monthKey] = await redis.keys(`*${prefix}*${d.id}:sm:2026-11`);
   const [teamLeases] = await redis.keys(`*${prefix}*${team.id}:l`);
@@ -236,7 +229,7 @@ it('gives day and month spend counters their expiry once, when created, and keep
   expect(await redis.ttl(monthKey!)).toBeGreaterThan(3_455_000);
   expect(teamLeases).toBeUndefined();
   await redis.expire(dayKey!, 1000);
-  await settleOnce();
+  await admitAndSettle(s, [d, team], 7);
   // Set at creation only: a later settlement leaves the expiry alone and adds to the counter.
   expect(await redis.ttl(dayKey!)).toBeLessThanOrEqual(1000);
   expect(await redis.get(dayKey!)).toBe('14');
