@@ -14,6 +14,12 @@ import type { AdmitResult, BucketView, Dimension, LimitStore, PeekView, SpendVie
 const LEASE_TTL_MS = 60_000;
 const RENEW_EVERY_MS = 20_000;
 
+// Lease ids: unique across instances by a random prefix per process, then a counter (a UUID per
+// request cost more and made every admission 20 bytes longer).
+const LEASE_PREFIX = randomUUID().slice(0, 12);
+let leaseCounter = 0;
+const nextLeaseId = (): string => `${LEASE_PREFIX}.${(leaseCounter++).toString(36)}`;
+
 export interface AdmitRequest {
   model: ModelConfig;
   /** Prompt tokens, counted only when some dimension has a token limit. */
@@ -60,6 +66,7 @@ interface Active {
  */
 export class Limiter {
   private readonly active = new Map<string, Active>();
+  private readonly dims = new WeakMap<KeyRecord, { team: TeamRecord | null; dims: Dimension[] }>();
   private readonly renewTimer: NodeJS.Timeout;
 
   constructor(
@@ -83,8 +90,19 @@ export class Limiter {
     await this.shared?.flush?.().catch(() => {});
   }
 
-  /** The dimensions of a key: itself (defaults fill missing limits) and its team, if any. */
+  /**
+   * The dimensions of a key: itself (defaults fill missing limits) and its team, if any. Built
+   * once per key and team record (records are replaced, not changed, when an admin edits them).
+   */
   dimensions(key: KeyRecord, team: TeamRecord | null): Dimension[] {
+    const known = this.dims.get(key);
+    if (known && known.team === team) return known.dims;
+    const dims = this.buildDimensions(key, team);
+    this.dims.set(key, { team, dims });
+    return dims;
+  }
+
+  private buildDimensions(key: KeyRecord, team: TeamRecord | null): Dimension[] {
     const tag = key.team === null ? `k:${key.id}` : `t:${key.team}`;
     const d = this.opts.defaults;
     const pick = (v: number | null | undefined, def: number | null): number | null =>
@@ -136,7 +154,7 @@ export class Limiter {
       dims,
       now,
       ...periods(now),
-      leaseId: randomUUID(),
+      leaseId: nextLeaseId(),
       leaseTtlMs: LEASE_TTL_MS,
       tokens,
       costNano,
