@@ -13,6 +13,7 @@ import { createServer } from 'node:net';
 import { validateConfig } from '../src/config/load.js';
 import { type RunningGateway, startGateway } from '../src/server/gateway.js';
 import { createLogger } from '../src/server/logger.js';
+import { onStopSignals } from '../src/server/signals.js';
 import { type MockUpstream, startMockUpstream } from '../test/mock-upstream/index.js';
 
 const MOCK_KEY = 'sk-mock-upstream';
@@ -123,27 +124,25 @@ async function main(): Promise<void> {
     if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
     gateway = await startGateway({ ...config, server: { ...config.server, port: 0 } }, logger);
   }
-  let stopping = false;
-  const stop = (signal: string): void => {
-    if (stopping) {
+  onStopSignals(
+    (signal) => {
+      process.stderr.write(`${signal}: draining and stopping…\n`);
+      gateway
+        .shutdown()
+        .then(() => mock.close())
+        .then(
+          () => process.exit(0),
+          (err: unknown) => {
+            process.stderr.write(`shutdown failed: ${err instanceof Error ? err.message : String(err)}\n`);
+            process.exit(1);
+          },
+        );
+    },
+    (signal) => {
       process.stderr.write(`${signal} again: exiting now\n`);
       process.exit(1);
-    }
-    stopping = true;
-    process.stderr.write(`${signal}: draining and stopping…\n`);
-    gateway
-      .shutdown()
-      .then(() => mock.close())
-      .then(
-        () => process.exit(0),
-        (err: unknown) => {
-          process.stderr.write(`shutdown failed: ${err instanceof Error ? err.message : String(err)}\n`);
-          process.exit(1);
-        },
-      );
-  };
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGTERM', () => stop('SIGTERM'));
+    },
+  );
   const key = await issueKey(gateway.url, adminKey);
   process.stdout.write(instructions(gateway.url, key, adminKey));
 }

@@ -2,6 +2,7 @@ import { pathToFileURL } from 'node:url';
 import { ConfigError, loadConfig } from './config/load.js';
 import { startGateway } from './server/gateway.js';
 import { createLogger } from './server/logger.js';
+import { onStopSignals } from './server/signals.js';
 
 /** The process entry: configuration, start-up, signals and exit codes. */
 export async function main(): Promise<void> {
@@ -27,24 +28,22 @@ export async function main(): Promise<void> {
   const gateway = await startGateway(config, logger);
   logger.info({ url: gateway.url, source: loaded.source }, 'tollgate listening');
 
-  let signals = 0;
-  const stop = (signal: string): void => {
-    signals++;
-    if (signals > 1) {
+  onStopSignals(
+    (signal) => {
+      logger.info({ signal }, 'shutting down');
+      gateway.shutdown().then(
+        () => process.exit(0),
+        (err: unknown) => {
+          logger.error({ err }, 'shutdown failed');
+          process.exit(1);
+        },
+      );
+    },
+    (signal) => {
       logger.warn({ signal }, 'second signal: exiting now');
       process.exit(1);
-    }
-    logger.info({ signal }, 'shutting down');
-    gateway.shutdown().then(
-      () => process.exit(0),
-      (err: unknown) => {
-        logger.error({ err }, 'shutdown failed');
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
+    },
+  );
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
