@@ -126,13 +126,10 @@ export class RedisCacheStore implements CacheStore {
 
   async getOrLock(id: string, lockTtlMs: number): Promise<{ entry: CacheEntry | null; locked: boolean }> {
     let reply: [Buffer | null, number];
-    const held = this.held;
-    if (held.length === 0) {
+    if (this.held.length === 0) {
       reply = await this.redis.tollgateCacheGetOrLockBuffer(this.entryKey(id), this.lockKey(id), lockTtlMs);
     } else {
-      this.held = [];
-      if (this.timer) clearTimeout(this.timer);
-      this.timer = null;
+      const held = this.takeHeld();
       const keys: string[] = [this.entryKey(id), this.lockKey(id)];
       const args: (string | number | Buffer)[] = [lockTtlMs];
       for (const h of held) {
@@ -173,15 +170,20 @@ export class RedisCacheStore implements CacheStore {
 
   /** Writes the held finishes on their own (the timer's job when no lookup came; at shutdown). */
   async flush(): Promise<void> {
+    await Promise.all(
+      this.takeHeld().map((h) =>
+        this.redis.tollgateCacheFinish(h.entryKey, h.lockKey, h.raw, h.ttlMs).then(h.resolve, h.reject),
+      ),
+    );
+  }
+
+  /** The finishes held so far, now this call's to write; the timer has nothing left to do. */
+  private takeHeld(): HeldFinish[] {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     const held = this.held;
     this.held = [];
-    await Promise.all(
-      held.map((h) =>
-        this.redis.tollgateCacheFinish(h.entryKey, h.lockKey, h.raw, h.ttlMs).then(h.resolve, h.reject),
-      ),
-    );
+    return held;
   }
 
   async locked(id: string): Promise<boolean> {

@@ -58,17 +58,17 @@ const ADMIT = `${SETTLE_FN}
 local now, member, need, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local hit, lease = ARGV[5] ~= '0', ARGV[5] ~= '2'
 local ndim = #KEYS / ${KEYS_PER_DIM}
-settle(6 + ndim * 5, function(d)
+-- A dimension with no limit at all (a team without settings) needs neither a check nor a lease.
+local limited = {}
+for d = 0, ndim - 1 do
   local a = 6 + d * 5
-  local tpm = tonumber(ARGV[a + 1])
-  return tpm, tonumber(ARGV[a]) >= 0 or tpm >= 0 or tonumber(ARGV[a + 2]) >= 0 or tonumber(ARGV[a + 3]) >= 0
-end)
-local rs, ts, limited = {}, {}, {}
+  limited[d] = tonumber(ARGV[a]) >= 0 or tonumber(ARGV[a + 1]) >= 0 or tonumber(ARGV[a + 2]) >= 0 or tonumber(ARGV[a + 3]) >= 0
+end
+settle(6 + ndim * 5, function(d) return tonumber(ARGV[7 + d * 5]), limited[d] end)
+local rs, ts = {}, {}
 for d = 0, ndim - 1 do
   local k, a = d * ${KEYS_PER_DIM}, 6 + d * 5
   local rpm, tpm, maxc, budget = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  -- A dimension with no limit at all (a team without settings) needs neither a check nor a lease.
-  limited[d] = rpm >= 0 or tpm >= 0 or maxc >= 0 or budget >= 0
   if limited[d] then
     local st = redis.call('HMGET', KEYS[k + 1], 'r', 'rt', 't', 'tt')
     if rpm >= 0 then

@@ -286,7 +286,6 @@ export class Metrics {
     // Series that alerts and dashboards divide by or alert on exist from the start, at 0: a
     // counter born at its first increment makes `rate()` miss that increment and leaves panels
     // empty ("No data") instead of showing zero.
-    for (const result of ['hit', 'miss', 'bypass', 'error']) this.cacheLookups.inc({ result }, 0);
     for (const [store, op] of KNOWN_STORE_OPS) this.storeErrors.inc({ store, op }, 0);
     this.requestsOf = counterSeries(this.requests, ['route', 'model', 'status', 'cache', 'team', 'key']);
     this.durationOf = histogramSeries(this.duration, ['route', 'model', 'stream', 'cache'], LLM_BUCKETS);
@@ -295,6 +294,8 @@ export class Metrics {
     this.tokensOf = counterSeries(this.tokens, ['model', 'team', 'key', 'type']);
     this.costOf = counterSeries(this.cost, ['model', 'team', 'key']);
     this.cacheLookupsOf = counterSeries(this.cacheLookups, ['result']);
+    // Made now, so they exist at 0 from the start (see above).
+    for (const result of ['hit', 'miss', 'bypass', 'error']) this.cacheLookupsOf.get(result);
     this.upstreamRequestsOf = counterSeries(this.upstreamRequests, ['upstream', 'status']);
     this.upstreamDurationOf = histogramSeries(
       this.upstreamDuration,
