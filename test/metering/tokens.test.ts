@@ -29,8 +29,6 @@ const ours = (s: string): number | string => {
   }
 };
 
-const repeat = (s: string, n: number): string => s.repeat(n);
-
 const CORPUS: string[] = [
   '',
   ' ',
@@ -44,8 +42,8 @@ const CORPUS: string[] = [
   '<html><body><div class="a b">Hi &amp; bye</div></body></html>',
   '1 12 123 1234 12345 123456789012345678901234567890 3.14159 -42 1e10 0x1F ١٢٣٤٥ ½ ²',
   '   leading and trailing   ',
-  repeat(' ', 40),
-  repeat('\n', 12),
+  ' '.repeat(40),
+  '\n'.repeat(12),
   'a\r\nb\r\n\r\nc\n \n  \n\t\n',
   'x    y\t\t\tz\u00a0\u00a0w\u3000v',
   'path/to/file.ts // comment /* block */ https://example.com/a/b?c=d&e=f#g',
@@ -55,12 +53,12 @@ const CORPUS: string[] = [
   'नमस्ते दुनिया, आप कैसे हैं? यह हिंदी में एक परीक्षण है।',
   'Mixed: Hello мир 世界 عالم दुनिया κόσμος 🌍 — “quotes” ‘single’ … «guillemets»',
   'ǅungla ǈubljana ʰello ǲ Σίσυφος ΣΊΣΥΦΟΣ ﬁ ﬀ e\u0301 a\u0308\u0323',
-  repeat('a', 300),
-  repeat('ab', 200),
+  'a'.repeat(300),
+  'ab'.repeat(200),
   'Supercalifragilisticexpialidocious pneumonoultramicroscopicsilicovolcanoconiosis',
-  repeat('中', 200),
-  repeat('😊', 100),
-  repeat('!', 257),
+  '中'.repeat(200),
+  '😊'.repeat(100),
+  '!'.repeat(257),
   '\uD800',
   '\uDC00 lone low',
   'lone high \uD83D at end \uD83D',
@@ -206,9 +204,9 @@ describe('countPromptTokens', () => {
     vi.doUnmock('../../src/metering/o200k.js');
     const long = [
       ...chats,
-      [{ role: 'user', content: CORPUS.filter((s) => !s.includes('<|')).join(' ') }],
-      [{ role: 'user', content: `${repeat('a', 1000)} ${repeat(' ', 600)}x ${repeat('😊', 300)}` }],
-      [{ role: 'user', content: repeat('word, ', 20_000) }], // over 64 KB: the byte length stands in
+      [{ role: 'user', content: CORPUS.join(' ') }],
+      [{ role: 'user', content: `${'a'.repeat(1000)} ${' '.repeat(600)}x ${'😊'.repeat(300)}` }],
+      [{ role: 'user', content: 'word, '.repeat(20_000) }], // over 64 KB: the byte length stands in
     ];
     for (const messages of long) expect(countPromptTokens(messages)).toBe(before(messages));
     expect(counted).toHaveBeenCalled();
