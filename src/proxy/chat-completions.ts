@@ -68,7 +68,8 @@ export function chatCompletions(deps: ChatDeps) {
       trace,
       req,
       raw,
-      capture: null,
+      capture: false,
+      produced: null,
       maxEntryBytes: deps.cache?.maxEntryBytes ?? 0,
     };
     const admit = async (hit: boolean, instant = false): Promise<void> => {
@@ -146,15 +147,13 @@ export function chatCompletions(deps: ChatDeps) {
       }
     }
     c.get('responseHeaders')['x-cache'] = 'MISS';
-    let produced: CacheEntry | null = null;
-    x.capture = (e) => {
-      produced = e;
-    };
+    // Only a leader's answer goes to the cache; the others that got here forward on their own.
+    x.capture = flight.leader;
     try {
       if (refusal !== null) throw refusal;
       return await forward(deps, x, keepAliveMs, flight.leader ? flight : null);
     } finally {
-      if (flight.leader) flight.finish(produced);
+      if (flight.leader) flight.finish(x.produced);
     }
   };
 }

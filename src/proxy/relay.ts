@@ -20,8 +20,14 @@ export interface Exchange {
   req: ChatRequest;
   /** The request body as the client sent it. */
   raw: Buffer;
-  /** Receives the complete answer when it may be cached (200, whole, small enough). */
-  capture: ((entry: CacheEntry) => void) | null;
+  /** Whether the complete answer is wanted for the cache (a leader's miss). */
+  capture: boolean;
+  /**
+   * The complete answer, when captured and cacheable (200, whole, small enough). A field rather
+   * than a callback: a per-request closure here kept whole requests alive across young-generation
+   * collections, promoting ~8 KB a request to the old generation.
+   */
+  produced: CacheEntry | null;
   maxEntryBytes: number;
   /** A cache leader's live feed: waiters of the same miss follow the stream through it. */
   feed?: LiveFeed;
@@ -132,7 +138,7 @@ export async function relayJson(x: Exchange, res: UpstreamResponse): Promise<Res
   sink.writeHead(res.status, jsonHeaders(x, res.headers, body.length));
   sink.end(body);
   if (x.capture && res.status === 200 && body.length <= x.maxEntryBytes) {
-    x.capture({ createdAt: Date.now(), body, usage: trace.usage });
+    x.produced = { createdAt: Date.now(), body, usage: trace.usage };
   }
   return sink.response();
 }
@@ -192,7 +198,7 @@ export async function relayStream(x: Exchange, res: UpstreamResponse): Promise<R
   sink.end();
   if (assembler?.ok && !relay.errorEvent && x.capture) {
     const body = Buffer.from(assembler.completion());
-    if (body.length <= x.maxEntryBytes) x.capture({ createdAt: Date.now(), body, usage: trace.usage });
+    if (body.length <= x.maxEntryBytes) x.produced = { createdAt: Date.now(), body, usage: trace.usage };
   }
   return sink.response();
 }
