@@ -1,4 +1,5 @@
 import type { RedisClient } from '../store/redis.js';
+import { StringTable } from '../util/string-table.js';
 import type {
   AdmitInput,
   AdmitResult,
@@ -163,7 +164,7 @@ interface PendingSettle {
 export class RedisLimitStore implements LimitStore {
   private readonly redis: RedisClient;
   private readonly scripts = new Map<string, Script>();
-  private readonly pending = new Map<string, PendingSettle>();
+  private readonly pending = new StringTable<PendingSettle>();
   private readonly keyCache = new Map<string, string[]>();
   private timer: NodeJS.Timeout | null = null;
 
@@ -281,7 +282,7 @@ export class RedisLimitStore implements LimitStore {
   async flush(): Promise<void> {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
-    const all = [...this.pending.values()];
+    const all = this.pending.values();
     this.pending.clear();
     await Promise.allSettled(all.map((p) => this.write(p)));
   }

@@ -148,21 +148,26 @@ interface SocketTracker {
 
 /** Follows the requests in progress on each connection, so idle ones can be closed on drain. */
 function trackSockets(server: Server): SocketTracker {
-  const sockets = new Map<Socket, { active: number; idleSince: number }>();
-  const pending = new Set<ServerResponse>();
+  // The answer in progress is kept on its connection's entry rather than in a set of its own:
+  // a set that gains and loses an entry per request links its successive hash tables (see
+  // StringTable), which kept finished requests alive across young-generation collections.
+  // Pipelined requests on one connection: the latest is the one marked; its `close` ends the
+  // connection after the earlier answers have gone out.
+  const sockets = new Map<Socket, { active: number; idleSince: number; current: ServerResponse | null }>();
   let keepAlive = true;
   server.on('connection', (socket: Socket) => {
-    sockets.set(socket, { active: 0, idleSince: performance.now() });
+    sockets.set(socket, { active: 0, idleSince: performance.now(), current: null });
     socket.once('close', () => sockets.delete(socket));
   });
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const state = sockets.get(req.socket);
-    if (state) state.active++;
     if (!keepAlive) res.setHeader('connection', 'close');
-    else pending.add(res);
+    if (!state) return;
+    state.active++;
+    state.current = res;
     res.once('close', () => {
-      pending.delete(res);
-      if (state && --state.active <= 0) {
+      if (state.current === res) state.current = null;
+      if (--state.active <= 0) {
         state.active = 0;
         state.idleSince = performance.now();
       }
@@ -187,8 +192,9 @@ function trackSockets(server: Server): SocketTracker {
     },
     stopKeepAlive() {
       keepAlive = false;
-      for (const res of pending) if (!res.headersSent) res.setHeader('connection', 'close');
-      pending.clear();
+      for (const state of sockets.values()) {
+        if (state.current && !state.current.headersSent) state.current.setHeader('connection', 'close');
+      }
     },
   };
 }

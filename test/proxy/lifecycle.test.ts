@@ -1,3 +1,4 @@
+import { Agent as HttpAgent, request as httpRequest } from 'node:http';
 import { connect } from 'node:net';
 import OpenAI from 'openai';
 import { Agent, fetch as undiciFetch } from 'undici';
@@ -244,6 +245,32 @@ describe('SIGTERM', () => {
       }
     })();
 
+    // A JSON answer whose headers go out after the drain delay closes its connection behind it.
+    const slow = new Promise<{ status: number; connection: string | undefined }>((resolve, reject) => {
+      const r = httpRequest(
+        `${url}/v1/chat/completions`,
+        {
+          method: 'POST',
+          headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+          agent: new HttpAgent({ keepAlive: true }),
+        },
+        (answer) => {
+          answer.resume();
+          answer.on('end', () =>
+            resolve({ status: answer.statusCode ?? 0, connection: answer.headers.connection }),
+          );
+        },
+      );
+      r.on('error', reject);
+      r.end(
+        JSON.stringify({
+          model: 'gpt-4.1-mini',
+          messages: [{ role: 'user', content: 'slow [[mock:delay=1800]]' }],
+        }),
+      );
+    });
+    await pollUntil(() => mock.stats.inflight === 2, 2000);
+
     const signalledAt = Date.now();
     proc.kill('SIGTERM');
 
@@ -267,6 +294,8 @@ describe('SIGTERM', () => {
     expect(refused).toBe('ECONNREFUSED');
     expect(proc.child.exitCode).toBeNull();
 
+    expect(await slow).toEqual({ status: 200, connection: 'close' });
+
     // The stream in flight runs to its end.
     await rest;
     const events = body.split('\n\n').filter((e) => e.length > 0);
@@ -277,7 +306,7 @@ describe('SIGTERM', () => {
       .join('');
     expect(text).toBe('echo: drain me gently');
     expect(body).not.toContain('"error"');
-    expect(mock.stats.completed).toBe(1);
+    expect(mock.stats.completed).toBe(2);
 
     const exit = await proc.exited;
     expect(exit).toEqual({ code: 0, signal: null });
