@@ -3,7 +3,7 @@ import type { KeyRecord } from '../keys/types.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { ChatRequest } from '../proxy/chat-request.js';
 import { withDeadline } from '../store/redis.js';
-import { StringTable } from '../util/string-table.js';
+import { ChurnMap } from '../util/churn-map.js';
 import type { CacheEntry, CacheStore } from './cache-store.js';
 import { cacheKeyOf } from './canonical.js';
 import { LiveFeed } from './live-feed.js';
@@ -64,7 +64,7 @@ const LOCAL_TTL_MS = 60_000;
  * trouble is a miss, never an error.
  */
 export class ResponseCache {
-  private readonly flights = new StringTable<LocalFlight>();
+  private readonly flights = new ChurnMap<string, LocalFlight>();
   private readonly near = new Map<string, { entry: CacheEntry; expires: number; bytes: number }>();
   private nearBytes = 0;
 

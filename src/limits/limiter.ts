@@ -7,7 +7,7 @@ import { costOf } from '../metering/record.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { Logger } from '../server/logger.js';
 import { withDeadline } from '../store/redis.js';
-import { StringTable } from '../util/string-table.js';
+import { ChurnMap } from '../util/churn-map.js';
 import { goDuration } from './duration.js';
 import type { MemoryLimitStore } from './memory-limit-store.js';
 import type { AdmitResult, BucketView, Dimension, LimitStore, PeekView, SpendView } from './types.js';
@@ -66,7 +66,7 @@ interface Active {
  * every dimension at once; settlement is one more call after the response, off its path.
  */
 export class Limiter {
-  private readonly active = new StringTable<Active>();
+  private readonly active = new ChurnMap<string, Active>();
   private readonly dims = new WeakMap<KeyRecord, { team: TeamRecord | null; dims: Dimension[] }>();
   private readonly renewTimer: NodeJS.Timeout;
 

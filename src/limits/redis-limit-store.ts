@@ -1,5 +1,5 @@
 import type { RedisClient } from '../store/redis.js';
-import { StringTable } from '../util/string-table.js';
+import { ChurnMap } from '../util/churn-map.js';
 import type {
   AdmitInput,
   AdmitResult,
@@ -164,7 +164,7 @@ interface PendingSettle {
 export class RedisLimitStore implements LimitStore {
   private readonly redis: RedisClient;
   private readonly scripts = new Map<string, Script>();
-  private readonly pending = new StringTable<PendingSettle>();
+  private readonly pending = new ChurnMap<string, PendingSettle>();
   private readonly keyCache = new Map<string, string[]>();
   private timer: NodeJS.Timeout | null = null;
 

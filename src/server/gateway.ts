@@ -150,7 +150,7 @@ interface SocketTracker {
 function trackSockets(server: Server): SocketTracker {
   // The answer in progress is kept on its connection's entry rather than in a set of its own:
   // a set that gains and loses an entry per request links its successive hash tables (see
-  // StringTable), which kept finished requests alive across young-generation collections.
+  // ChurnMap), which kept finished requests alive across young-generation collections.
   // Pipelined requests on one connection: the latest is the one marked; its `close` ends the
   // connection after the earlier answers have gone out.
   const sockets = new Map<Socket, { active: number; idleSince: number; current: ServerResponse | null }>();
