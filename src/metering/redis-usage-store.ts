@@ -13,34 +13,35 @@ import {
 
 const STREAM_MAXLEN = 1_000_000;
 const AGG_TTL_SECONDS = 400 * 86400;
-const SEEN_TTL_SECONDS = 3 * 86400;
+/** How long a written batch is remembered: far longer than any retry of it takes. */
+const BATCH_TTL_SECONDS = 86400;
 
-// One call per day of records: for each record not seen before (HSETNX on the day's seen-set),
-// append it to the export stream and add its increments to its cell's sums; the sums go into the
-// day's aggregate hash once per cell and metric, not once per record. Every key shares the hash
-// tag of the stream's name, so the call stays in one Redis Cluster slot.
-// ARGV: the number of cells, the cell ids, then per record its id, its JSON and its increments
-// as "cell,v1,…,vN" (cell: 1-based index into the cell ids; values in METRICS order).
+// One call per day of records of a batch: unless this batch's day has been written before (a
+// marker key per batch and day, set NX), append each record to the export stream and add its
+// increments to its cell's sums; the sums go into the day's aggregate hash once per cell and
+// metric, not once per record. Every key shares the hash tag of the stream's name, so the call
+// stays in one Redis Cluster slot.
+// ARGV: the number of cells, the cell ids, then per record its JSON and its increments as
+// "cell,v1,…,vN" (cell: 1-based index into the cell ids; values in METRICS order).
 const WRITE_DAY = `
+if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', ${BATCH_TTL_SECONDS}) then return 0 end
 local metrics = {${METRICS.map((m) => `'${m}'`).join(', ')}}
 local ncell = tonumber(ARGV[1])
 local sums = {}
 local n = 0
-for i = ncell + 2, #ARGV, 3 do
-  if redis.call('HSETNX', KEYS[3], ARGV[i], 1) == 1 then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ${STREAM_MAXLEN}, '*', 'record', ARGV[i + 1])
-    local cell, m = nil, 0
-    for v in string.gmatch(ARGV[i + 2], '[^,]+') do
-      if cell == nil then
-        cell = tonumber(v)
-        sums[cell] = sums[cell] or {}
-      else
-        m = m + 1
-        sums[cell][m] = (sums[cell][m] or 0) + tonumber(v)
-      end
+for i = ncell + 2, #ARGV, 2 do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ${STREAM_MAXLEN}, '*', 'record', ARGV[i])
+  local cell, m = nil, 0
+  for v in string.gmatch(ARGV[i + 1], '[^,]+') do
+    if cell == nil then
+      cell = tonumber(v)
+      sums[cell] = sums[cell] or {}
+    else
+      m = m + 1
+      sums[cell][m] = (sums[cell][m] or 0) + tonumber(v)
     end
-    n = n + 1
   end
+  n = n + 1
 end
 for cell, s in pairs(sums) do
   for m, v in pairs(s) do
@@ -48,12 +49,11 @@ for cell, s in pairs(sums) do
   end
 end
 redis.call('EXPIRE', KEYS[2], ${AGG_TTL_SECONDS})
-redis.call('EXPIRE', KEYS[3], ${SEEN_TTL_SECONDS})
 return n
 `;
 
 type WithUsage = RedisClient & {
-  tollgateUsageWrite(stream: string, agg: string, seen: string, ...args: string[]): Promise<number>;
+  tollgateUsageWrite(stream: string, agg: string, batch: string, ...args: string[]): Promise<number>;
 };
 
 /** Usage in Redis: `<prefix>usage` stream for export, per-day aggregate hashes behind the usage API. */
@@ -73,7 +73,7 @@ export class RedisUsageStore implements UsageStore {
     return `${this.tag}:agg:${day}`;
   }
 
-  async write(records: UsageRecord[]): Promise<void> {
+  async write(records: UsageRecord[], batchId: string): Promise<void> {
     const byDay = new Map<string, UsageRecord[]>();
     for (const r of records) {
       const d = dayOf(r.ts);
@@ -95,12 +95,12 @@ export class RedisUsageStore implements UsageStore {
           const inc = increments(r);
           let incs = String(cell);
           for (const m of METRICS) incs += `,${inc[m]}`;
-          recordArgs.push(r.requestId, JSON.stringify(r), incs);
+          recordArgs.push(JSON.stringify(r), incs);
         }
         return this.redis.tollgateUsageWrite(
           this.stream,
           this.aggKey(day),
-          `${this.tag}:seen:${day}`,
+          `${this.tag}:batch:${batchId}:${day}`,
           String(cells.size),
           ...cells.keys(),
           ...recordArgs,

@@ -31,9 +31,14 @@ export const METRICS = [
 ] as const;
 export type Metric = (typeof METRICS)[number];
 
-/** Persistent usage: the record log and the per-day aggregates. Writes are idempotent by request id. */
+/**
+ * Persistent usage: the record log and the per-day aggregates. A write is idempotent by its batch
+ * id: the writer retries a failed batch as the very same batch, and a batch written twice (the
+ * first attempt did land, its answer did not) counts once. Not by request id: a client may send
+ * its own x-request-id, and one repeated would have made later requests vanish from the usage.
+ */
 export interface UsageStore {
-  write(records: UsageRecord[]): Promise<void>;
+  write(records: UsageRecord[], batchId: string): Promise<void>;
   /** Every aggregate cell of the given UTC days. */
   cells(days: string[]): Promise<UsageCell[]>;
 }
@@ -60,17 +65,22 @@ export function increments(r: UsageRecord): Record<Metric, number> {
 export const cellId = (r: Pick<UsageRecord, 'keyId' | 'keyName' | 'team' | 'model'>): string =>
   [r.keyId, r.keyName.replaceAll('\t', ' '), r.team ?? '', r.model].join('\t');
 
-/** Single-instance usage store: same answers as Redis, nothing persists. */
-export class MemoryUsageStore implements UsageStore {
-  private readonly seen = new Set<string>();
-  private readonly days = new Map<string, Map<string, UsageCell>>();
-  readonly log: UsageRecord[] = [];
+/** Batch ids a memory store remembers (it cannot fail, so the writer never retries it anyway). */
+const RECENT_BATCHES = 1024;
 
-  async write(records: UsageRecord[]): Promise<void> {
+/** Single-instance usage store: same answers as Redis, nothing persists, only the aggregates are kept. */
+export class MemoryUsageStore implements UsageStore {
+  private readonly recent = new Set<string>();
+  private readonly days = new Map<string, Map<string, UsageCell>>();
+
+  async write(records: UsageRecord[], batchId: string): Promise<void> {
+    if (this.recent.has(batchId)) return;
+    this.recent.add(batchId);
+    if (this.recent.size > RECENT_BATCHES) {
+      const oldest = this.recent.values().next().value;
+      if (oldest !== undefined) this.recent.delete(oldest);
+    }
     for (const r of records) {
-      if (this.seen.has(r.requestId)) continue;
-      this.seen.add(r.requestId);
-      this.log.push(r);
       const day = dayOf(r.ts);
       let cells = this.days.get(day);
       if (!cells) {

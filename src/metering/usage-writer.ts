@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import type { UsageRecord } from './record.js';
 import type { UsageSink } from './usage-sink.js';
 import type { UsageStore } from './usage-store.js';
@@ -13,11 +14,16 @@ export interface UsageWriterOptions {
 
 /**
  * Takes usage records off the response path: `record` only appends to a bounded buffer; a timer
- * writes batches to the store, keeping a failed batch at the head to retry (the store ignores
- * request ids it has already seen, so a retry never counts twice).
+ * writes batches to the store. A batch gets an id of its own when it is taken from the buffer,
+ * and a failed one is retried as the very same batch until it is written (the store counts a
+ * batch id once, so a retry never counts twice).
  */
 export class UsageWriter implements UsageSink {
   private buffer: UsageRecord[] = [];
+  /** The batch being written, or failed and waiting to be retried. */
+  private head: { id: string; records: UsageRecord[] } | null = null;
+  private readonly idPrefix = randomBytes(6).toString('hex');
+  private batches = 0;
   private writing: Promise<void> | null = null;
   private readonly timer: NodeJS.Timeout;
   private failures = 0;
@@ -33,11 +39,11 @@ export class UsageWriter implements UsageSink {
   }
 
   get pending(): number {
-    return this.buffer.length;
+    return this.buffer.length + (this.head?.records.length ?? 0);
   }
 
   record(r: UsageRecord): void {
-    if (this.buffer.length >= this.opts.bufferSize) {
+    if (this.pending >= this.opts.bufferSize) {
       this.dropped++;
       this.opts.onDropped?.(1);
       return;
@@ -52,21 +58,25 @@ export class UsageWriter implements UsageSink {
   private async tick(): Promise<void> {
     if (this.writing) return;
     try {
-      while (this.buffer.length > 0 && Date.now() >= this.pausedUntil) await this.writeOnce();
+      while (this.pending > 0 && Date.now() >= this.pausedUntil) await this.writeOnce();
     } catch {
       // Counted by onError; the batch stays at the head for the next tick.
     }
   }
 
-  /** Writes one batch; on failure the batch stays at the head of the buffer. */
+  /** Writes one batch: the failed one again, else the next from the buffer. */
   private writeOnce(): Promise<void> {
     if (this.writing) return this.writing;
-    const batch = this.buffer.slice(0, this.opts.batchSize ?? 500);
+    if (this.head === null) {
+      const records = this.buffer.splice(0, this.opts.batchSize ?? 500);
+      this.head = { id: `${this.idPrefix}-${++this.batches}`, records };
+    }
+    const batch = this.head;
     this.writing = this.store
-      .write(batch)
+      .write(batch.records, batch.id)
       .then(
         () => {
-          this.buffer.splice(0, batch.length);
+          this.head = null;
           this.failures = 0;
         },
         (err: Error) => {
@@ -86,7 +96,7 @@ export class UsageWriter implements UsageSink {
   /** Writes everything buffered; rejects if the store stays unreachable for `timeoutMs`. */
   async flush(timeoutMs = 5000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
-    while (this.buffer.length > 0 || this.writing) {
+    while (this.pending > 0 || this.writing) {
       try {
         await (this.writing ?? this.writeOnce());
       } catch (err) {

@@ -29,9 +29,9 @@ describe('usage writer', () => {
     const store = new MemoryUsageStore();
     const batches: number[] = [];
     const write = store.write.bind(store);
-    store.write = (rs) => {
+    store.write = (rs, id) => {
       batches.push(rs.length);
-      return write(rs);
+      return write(rs, id);
     };
     const writer = new UsageWriter(store, { bufferSize: 100_000, flushIntervalMs: 50, batchSize: 500 });
     try {
@@ -41,8 +41,41 @@ describe('usage writer', () => {
       while (batches.length === 0) await new Promise((r) => setTimeout(r, 5));
       await new Promise((r) => setImmediate(r));
       expect(writer.pending).toBe(0);
-      expect(store.log).toHaveLength(1600);
+      const [cell] = await store.cells([new Date().toISOString().slice(0, 10)]);
+      expect(cell?.requests).toBe(1600);
       expect(batches).toEqual([500, 500, 500, 100]);
+    } finally {
+      await writer.close();
+    }
+  });
+
+  it('retries a failed batch as the same batch, and it counts once even when its first write landed', async () => {
+    const store = new MemoryUsageStore();
+    const calls: { id: string; requestIds: string[] }[] = [];
+    const write = store.write.bind(store);
+    let fail = 1;
+    store.write = async (rs, id) => {
+      calls.push({ id, requestIds: rs.map((r) => r.requestId) });
+      await write(rs, id);
+      // The first attempt lands but its answer is lost, as with a Redis connection cut right then.
+      if (fail-- > 0) throw new Error('connection lost');
+    };
+    const writer = new UsageWriter(store, { bufferSize: 1000, flushIntervalMs: 20, batchSize: 3 });
+    try {
+      writer.record(record(1));
+      writer.record(record(2));
+      while (calls.length === 0) await new Promise((r) => setTimeout(r, 5));
+      // More records arrive while the failed batch waits; they do not join it.
+      writer.record(record(3));
+      writer.record(record(4));
+      await writer.flush(5000);
+      expect(calls[0]).toEqual({ id: calls[1]!.id, requestIds: ['req_1', 'req_2'] });
+      expect(calls[1]!.requestIds).toEqual(['req_1', 'req_2']);
+      expect(calls[2]!.id).not.toBe(calls[0]!.id);
+      expect(calls[2]!.requestIds).toEqual(['req_3', 'req_4']);
+      const [cell] = await store.cells([new Date().toISOString().slice(0, 10)]);
+      expect(cell?.requests).toBe(4);
+      expect(writer.pending).toBe(0);
     } finally {
       await writer.close();
     }

@@ -236,8 +236,40 @@ describe('usage across instances and Redis outages', () => {
   });
 });
 
+describe('request ids chosen by clients', () => {
+  it('meter every request, also when a client sends the same x-request-id each time', async () => {
+    const mock = await startMockUpstream();
+    const gws = [
+      await startTestGateway(twoUpstreams(mock.url)),
+      await startTestGateway(twoUpstreams(mock.url), { redis: false }),
+    ];
+    try {
+      for (const gw of gws) {
+        const { key } = await gw.issueKey({ team: 'same-id' });
+        const c = new OpenAI({
+          apiKey: key,
+          baseURL: `${gw.url}/v1`,
+          maxRetries: 0,
+          defaultHeaders: { 'x-request-id': 'my-fixed-request-id' },
+        });
+        for (let i = 0; i < 3; i++) {
+          const res = await c.chat.completions
+            .create({ model: 'gpt-4.1-mini', messages: [{ role: 'user', content: `same id ${i}` }] })
+            .withResponse();
+          expect(res.response.headers.get('x-request-id')).toBe('my-fixed-request-id');
+        }
+        await gw.gateway.runtime.usage.flush();
+        expect(sumUsage(await usage(gw, '&team=same-id')).requests).toBe(3);
+      }
+    } finally {
+      for (const gw of gws) await gw.close();
+      await mock.close();
+    }
+  });
+});
+
 describe('the Redis usage store', () => {
-  it('counts a record once however often its batch is retried', async () => {
+  it('counts a batch once however often it is written, and records by batch, not by request id', async () => {
     const { Redis } = await import('ioredis');
     const { RedisUsageStore } = await import('../../src/metering/redis-usage-store.js');
     const { inject } = await import('vitest');
@@ -264,8 +296,11 @@ describe('the Redis usage store', () => {
       ttftMs: 1,
       estimated: false,
     });
-    await store.write([rec(1), rec(2)]);
-    await store.write([rec(1), rec(2), rec(3)]);
+    await store.write([rec(1), rec(2)], 'batch-a');
+    // A retry of the same batch (its first write landed, the answer was lost) counts nothing.
+    await store.write([rec(1), rec(2)], 'batch-a');
+    // Another batch counts, even with a request id seen before: clients may choose request ids.
+    await store.write([rec(1)], 'batch-b');
     const cells = await store.cells([today]);
     expect(cells).toHaveLength(1);
     expect(cells[0]).toMatchObject({
