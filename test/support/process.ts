@@ -35,6 +35,8 @@ export interface ProcessOptions {
   waitReady?: boolean;
   /** How long to wait for readiness (default 15 s). */
   readyTimeoutMs?: number;
+  /** Node flags before the script (e.g. V8 GC tracing). */
+  nodeArgs?: string[];
 }
 
 export interface GatewayProcess {
@@ -81,7 +83,7 @@ export async function startGatewayProcess(
   const env: Record<string, string | undefined> = { ...process.env };
   for (const k of STRIPPED) delete env[k];
   Object.assign(env, { GATEWAY_CONFIG: file.path, ADMIN_API_KEY: adminKey || undefined }, opts.env);
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), '--import', 'tsx', 'src/main.ts'], {
     cwd: ROOT,
     env: env as NodeJS.ProcessEnv,
     stdio: ['ignore', 'pipe', 'pipe'],
