@@ -46,8 +46,9 @@ export class Children<C> {
 }
 
 // A series' entry in its metric's table (`hashMap`: the same shape in prom-client 12-15, also
-// read by `forgetKey`; test/metrics/series.test.ts checks every kind against prom-client's own
-// updates, so an upgrade that changes it fails there).
+// read by `forgetKey`), found by the metric's own `labelNames` (values are given in that order)
+// and, for a histogram, bucketed by its own `upperBounds`. test/metrics/series.test.ts checks
+// every kind against prom-client's own updates, so an upgrade that changes these fails there.
 type ValueEntry = { value: number; labels: Record<string, string> };
 type HistogramEntry = {
   sum: number;
@@ -67,16 +68,16 @@ function entryOf<E extends { labels: Record<string, string> }>(
   return entry;
 }
 
-const labelsOf = (names: readonly string[], values: string[]): Record<string, string> =>
-  Object.fromEntries(names.map((n, i) => [n, values[i] ?? '']));
+/** The label object for values given in the order of the metric's `labelNames`. */
+function labelsOf(metric: unknown, values: string[]): Record<string, string> {
+  const names = (metric as { labelNames: readonly string[] }).labelNames;
+  return Object.fromEntries(names.map((n, i) => [n, values[i] ?? '']));
+}
 
 /** A counter series: `inc` adds a non-negative finite amount (anything else is ignored). */
-export function counterSeries(
-  c: Counter<string>,
-  names: readonly string[],
-): Children<{ inc(v?: number): void }> {
+export function counterSeries(c: Counter<string>): Children<{ inc(v?: number): void }> {
   return new Children((...values) => {
-    const labels = labelsOf(names, values);
+    const labels = labelsOf(c, values);
     c.inc(labels, 0);
     const e = entryOf<ValueEntry>(c, labels);
     return {
@@ -88,12 +89,9 @@ export function counterSeries(
 }
 
 /** A gauge series moved up and down by one (requests in flight). */
-export function gaugeSeries(
-  g: Gauge<string>,
-  names: readonly string[],
-): Children<{ inc(): void; dec(): void }> {
+export function gaugeSeries(g: Gauge<string>): Children<{ inc(): void; dec(): void }> {
   return new Children((...values) => {
-    const labels = labelsOf(names, values);
+    const labels = labelsOf(g, values);
     g.inc(labels, 0);
     const e = entryOf<ValueEntry>(g, labels);
     return {
@@ -108,14 +106,11 @@ export function gaugeSeries(
 }
 
 /** A histogram series: `observe` counts a finite value in the first bucket whose bound it does not exceed. */
-export function histogramSeries(
-  h: Histogram<string>,
-  names: readonly string[],
-  buckets: readonly number[],
-): Children<{ observe(v: number): void }> {
+export function histogramSeries(h: Histogram<string>): Children<{ observe(v: number): void }> {
+  const buckets = (h as unknown as { upperBounds: readonly number[] }).upperBounds;
   const keys = buckets.map(String);
   return new Children((...values) => {
-    const labels = labelsOf(names, values);
+    const labels = labelsOf(h, values);
     h.zero(labels);
     const e = entryOf<HistogramEntry>(h, labels);
     return {
@@ -287,21 +282,17 @@ export class Metrics {
     // counter born at its first increment makes `rate()` miss that increment and leaves panels
     // empty ("No data") instead of showing zero.
     for (const [store, op] of KNOWN_STORE_OPS) this.storeErrors.inc({ store, op }, 0);
-    this.requestsOf = counterSeries(this.requests, ['route', 'model', 'status', 'cache', 'team', 'key']);
-    this.durationOf = histogramSeries(this.duration, ['route', 'model', 'stream', 'cache'], LLM_BUCKETS);
-    this.overheadOf = histogramSeries(this.overhead, ['route'], OVERHEAD_BUCKETS);
-    this.inflightOf = gaugeSeries(this.inflight, ['route']);
-    this.tokensOf = counterSeries(this.tokens, ['model', 'team', 'key', 'type']);
-    this.costOf = counterSeries(this.cost, ['model', 'team', 'key']);
-    this.cacheLookupsOf = counterSeries(this.cacheLookups, ['result']);
+    this.requestsOf = counterSeries(this.requests);
+    this.durationOf = histogramSeries(this.duration);
+    this.overheadOf = histogramSeries(this.overhead);
+    this.inflightOf = gaugeSeries(this.inflight);
+    this.tokensOf = counterSeries(this.tokens);
+    this.costOf = counterSeries(this.cost);
+    this.cacheLookupsOf = counterSeries(this.cacheLookups);
     // Made now, so they exist at 0 from the start (see above).
     for (const result of ['hit', 'miss', 'bypass', 'error']) this.cacheLookupsOf.get(result);
-    this.upstreamRequestsOf = counterSeries(this.upstreamRequests, ['upstream', 'status']);
-    this.upstreamDurationOf = histogramSeries(
-      this.upstreamDuration,
-      ['upstream', 'model', 'status'],
-      LLM_BUCKETS,
-    );
+    this.upstreamRequestsOf = counterSeries(this.upstreamRequests);
+    this.upstreamDurationOf = histogramSeries(this.upstreamDuration);
   }
 
   /** The `key` label value: the key's name, or empty when key labels are off. */

@@ -23,7 +23,7 @@ describe('metric series', () => {
   it('counter series count what prom-client counts', async () => {
     const names = ['route', 'team'] as const;
     const t = twins((name, r) => new Counter({ name, help: 'h', labelNames: names, registers: [r] }));
-    const series = counterSeries(t.ours, names);
+    const series = counterSeries(t.ours);
     const updates: [string, string, number][] = [
       ['chat', 'a', 1],
       ['chat', 'a', 2.5],
@@ -44,7 +44,7 @@ describe('metric series', () => {
 
   it('gauge series go up and down like prom-client gauges', async () => {
     const t = twins((name, r) => new Gauge({ name, help: 'h', labelNames: ['route'], registers: [r] }));
-    const series = gaugeSeries(t.ours, ['route']);
+    const series = gaugeSeries(t.ours);
     for (let i = 0; i < 5; i++) {
       series.get('chat').inc();
       t.theirs.inc({ route: 'chat' });
@@ -63,7 +63,7 @@ describe('metric series', () => {
       (name, r) =>
         new Histogram({ name, help: 'h', labelNames: ['route'], buckets: BUCKETS, registers: [r] }),
     );
-    const series = histogramSeries(t.ours, ['route'], BUCKETS);
+    const series = histogramSeries(t.ours);
     // Bounds themselves, between them, below the first and above the last.
     const values = [0, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 50, 1e9];
     for (const v of values) {
