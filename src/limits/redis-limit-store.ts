@@ -16,91 +16,96 @@ import type {
 // and spend counters for the day, the month and all time.
 const KEYS_PER_DIM = 5;
 
-// Settlement of the requests that ended on one set of dimensions: tokens corrected by their real
-// usage (refund or charge, summed), their leases released, their real cost added to the spend
-// counters. Shared by the settle script and the admission's prelude (below).
-// ARGV from \`at\`: token delta, cost, number of leases, the leases; \`dim(d)\` gives a dimension's
-// tpm and whether it takes leases (a dimension without any limit takes none). Spend counters get
-// their expiry when created.
-const SETTLE_FN = `
-local function settle(at, dim)
-  local delta, cost, n = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
-  if n == 0 and delta == 0 and cost == 0 then return end
-  local now = tonumber(ARGV[1])
-  for d = 0, #KEYS / ${KEYS_PER_DIM} - 1 do
-    local k = d * ${KEYS_PER_DIM}
-    local limit, leased = dim(d)
-    if limit >= 0 and delta ~= 0 then
-      local st = redis.call('HMGET', KEYS[k + 1], 't', 'tt')
-      local t = tonumber(st[1])
-      if t ~= nil then
-        t = math.min(limit, t + (now - tonumber(st[2])) * limit / 60000 - delta)
-        redis.call('HSET', KEYS[k + 1], 't', tostring(t), 'tt', now)
-      end
-    end
-    if n > 0 and leased then redis.call('ZREM', KEYS[k + 2], unpack(ARGV, at + 3, at + 2 + n)) end
-    if cost > 0 then
-      if redis.call('INCRBY', KEYS[k + 3], cost) == cost then redis.call('EXPIRE', KEYS[k + 3], 172800) end
-      if redis.call('INCRBY', KEYS[k + 4], cost) == cost then redis.call('EXPIRE', KEYS[k + 4], 3456000) end
-      redis.call('INCRBY', KEYS[k + 5], cost)
-    end
-  end
+// Spend of one dimension (its keys from KEYS[k + 1]): the day, month and all-time counters; the
+// day and month counters get their expiry when created.
+const SPEND_FN = `
+local function spend(k, cost)
+  if redis.call('INCRBY', KEYS[k + 3], cost) == cost then redis.call('EXPIRE', KEYS[k + 3], 172800) end
+  if redis.call('INCRBY', KEYS[k + 4], cost) == cost then redis.call('EXPIRE', KEYS[k + 4], 3456000) end
+  redis.call('INCRBY', KEYS[k + 5], cost)
 end
 `;
 
-// Admission: first the settlements waiting on these dimensions (so a key's next request finds
-// its previous one's slot free and tokens refunded, with no round trip of their own), then every
-// dimension is checked and only if all admit is anything written, so a refusal consumes nothing
-// anywhere. Buckets refill continuously (capacity = limit per minute). Numbers go back as
-// strings because Redis truncates Lua numbers to integers.
+// Admission, with the settlements waiting on these dimensions carried in (so a key's next request
+// finds its previous one's slot free and tokens refunded, with no round trip of their own). Each
+// dimension's bucket is read once: the settlement's token correction and the check both work on
+// that level, and one write stores the result. Only if every dimension admits is anything taken,
+// so a refusal consumes nothing anywhere (the settlement is written either way). Buckets refill
+// continuously (capacity = limit per minute).
+// Work that need not happen per request is done when due: the bucket's expiry is renewed when
+// the time in its field x is a lease TTL old, and expired leases (of a crashed instance) are
+// removed only when they could matter: when the slots look full, and then along with the renewal.
+// Levels go back as integer thousandths (Redis truncates Lua numbers to integers); the numbers of
+// a refusal as strings.
 // ARGV: now, lease member, tokens needed, lease TTL, hit ('0' no, '1' yes, '2' yes and served at
-// once: no lease), 5 per dimension, then the settlement.
-const ADMIT = `${SETTLE_FN}
+// once: no lease), 5 per dimension (rpm, tpm, max concurrent, budget: -1 for none; budget
+// period), then the settlement: token delta, cost, number of leases, the leases.
+const ADMIT = `${SPEND_FN}
 local now, member, need, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local hit, lease = ARGV[5] ~= '0', ARGV[5] ~= '2'
 local ndim = #KEYS / ${KEYS_PER_DIM}
--- A dimension with no limit at all (a team without settings) needs neither a check nor a lease.
-local limited = {}
-for d = 0, ndim - 1 do
-  local a = 6 + d * 5
-  limited[d] = tonumber(ARGV[a]) >= 0 or tonumber(ARGV[a + 1]) >= 0 or tonumber(ARGV[a + 2]) >= 0 or tonumber(ARGV[a + 3]) >= 0
-end
-settle(6 + ndim * 5, function(d) return tonumber(ARGV[7 + d * 5]), limited[d] end)
-local rs, ts = {}, {}
+local s = 6 + ndim * 5
+local delta, cost, n = tonumber(ARGV[s]), tonumber(ARGV[s + 1]), tonumber(ARGV[s + 2])
+local lim, rs, ts, xs, settled = {}, {}, {}, {}, {}
 for d = 0, ndim - 1 do
   local k, a = d * ${KEYS_PER_DIM}, 6 + d * 5
-  local rpm, tpm, maxc, budget = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  if limited[d] then
-    local st = redis.call('HMGET', KEYS[k + 1], 'r', 'rt', 't', 'tt')
+  local rpm, tpm = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  -- A dimension with no limit at all (a team without settings) needs neither a check nor a lease.
+  lim[d] = rpm >= 0 or tpm >= 0 or tonumber(ARGV[a + 2]) >= 0 or tonumber(ARGV[a + 3]) >= 0
+  if lim[d] then
+    if n > 0 then redis.call('ZREM', KEYS[k + 2], unpack(ARGV, s + 3, s + 2 + n)) end
+    local st = redis.call('HMGET', KEYS[k + 1], 'r', 'rt', 't', 'tt', 'x')
+    xs[d] = tonumber(st[5])
     if rpm >= 0 then
       local r = tonumber(st[1])
       if r == nil then r = rpm else r = math.min(rpm, r + (now - tonumber(st[2])) * rpm / 60000) end
-      if r < 1 then return {0, d, 'rpm', tostring(rpm), tostring(r)} end
       rs[d] = r
     end
     if tpm >= 0 then
       local t = tonumber(st[3])
-      if t == nil then t = tpm else t = math.min(tpm, t + (now - tonumber(st[4])) * tpm / 60000) end
-      if not hit then
-        if need > tpm then return {0, d, 'tpm_never', tostring(tpm), tostring(t)} end
-        if t < need then return {0, d, 'tpm', tostring(tpm), tostring(t)} end
+      if t == nil then t = tpm else
+        t = math.min(tpm, t + (now - tonumber(st[4])) * tpm / 60000 - delta)
+        settled[d] = delta ~= 0
       end
       ts[d] = t
     end
+  end
+  if cost > 0 then spend(k, cost) end
+end
+-- Refused: only the settlement's token correction is written.
+local function refuse(d, what, cap, level)
+  for e = 0, ndim - 1 do
+    if settled[e] then redis.call('HSET', KEYS[e * ${KEYS_PER_DIM} + 1], 't', ts[e], 'tt', now) end
+  end
+  return {0, d, what, tostring(cap), tostring(level)}
+end
+for d = 0, ndim - 1 do
+  local k, a = d * ${KEYS_PER_DIM}, 6 + d * 5
+  if lim[d] then
+    local tpm, maxc, budget = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+    local r, t = rs[d], ts[d]
+    if r ~= nil and r < 1 then return refuse(d, 'rpm', ARGV[a], r) end
+    if t ~= nil and not hit then
+      if need > tpm then return refuse(d, 'tpm_never', tpm, t) end
+      if t < need then return refuse(d, 'tpm', tpm, t) end
+    end
     local leases = KEYS[k + 2]
-    redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
     if maxc >= 0 then
-      local n = redis.call('ZCARD', leases)
-      if n >= maxc then return {0, d, 'concurrency', tostring(maxc), tostring(n)} end
+      local used = redis.call('ZCARD', leases)
+      if used >= maxc then
+        redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+        used = redis.call('ZCARD', leases)
+        if used >= maxc then return refuse(d, 'concurrency', maxc, used) end
+      end
     end
     if budget >= 0 and not hit then
       local pk = KEYS[k + 3]
       if ARGV[a + 4] == 'month' then pk = KEYS[k + 4] elseif ARGV[a + 4] == 'total' then pk = KEYS[k + 5] end
       local used = tonumber(redis.call('GET', pk) or '0')
-      for _, m in ipairs(redis.call('ZRANGE', leases, 0, -1)) do
+      for _, m in ipairs(redis.call('ZRANGEBYSCORE', leases, '(' .. now, '+inf')) do
         used = used + tonumber(string.match(m, '|(%d+)$') or '0')
       end
-      if used >= budget then return {0, d, 'budget', tostring(budget), tostring(used)} end
+      if used >= budget then return refuse(d, 'budget', budget, used) end
     end
   end
 end
@@ -110,29 +115,47 @@ for d = 0, ndim - 1 do
   local r, t = rs[d], ts[d]
   if r ~= nil then r = r - 1 end
   if t ~= nil and not hit then t = t - need end
-  if r ~= nil and t ~= nil then
-    redis.call('HSET', KEYS[k + 1], 'r', tostring(r), 'rt', now, 't', tostring(t), 'tt', now)
-  elseif r ~= nil then
-    redis.call('HSET', KEYS[k + 1], 'r', tostring(r), 'rt', now)
-  elseif t ~= nil then
-    redis.call('HSET', KEYS[k + 1], 't', tostring(t), 'tt', now)
+  if lim[d] then
+    local f = {}
+    if r ~= nil then f[1] = 'r'; f[2] = r; f[3] = 'rt'; f[4] = now end
+    if t ~= nil then f[#f + 1] = 't'; f[#f + 1] = t; f[#f + 1] = 'tt'; f[#f + 1] = now end
+    local renew = xs[d] == nil or now - xs[d] >= ttl
+    if renew then f[#f + 1] = 'x'; f[#f + 1] = now end
+    if #f > 0 then redis.call('HSET', KEYS[k + 1], unpack(f)) end
+    if renew then
+      redis.call('PEXPIRE', KEYS[k + 1], 3600000)
+      redis.call('ZREMRANGEBYSCORE', KEYS[k + 2], '-inf', now)
+    end
+    if lease then
+      redis.call('ZADD', KEYS[k + 2], now + ttl, member)
+      redis.call('PEXPIRE', KEYS[k + 2], ttl * 2)
+    end
   end
-  if r ~= nil or t ~= nil then redis.call('PEXPIRE', KEYS[k + 1], 3600000) end
-  if limited[d] and lease then
-    redis.call('ZADD', KEYS[k + 2], now + ttl, member)
-    redis.call('PEXPIRE', KEYS[k + 2], ttl * 2)
-  end
-  table.insert(out, r == nil and '' or tostring(r))
-  table.insert(out, t == nil and '' or tostring(t))
+  out[#out + 1] = r == nil and '' or math.floor(r * 1000)
+  out[#out + 1] = t == nil and '' or math.floor(t * 1000)
 end
 return out
 `;
 
-// Settlements no admission has carried yet. ARGV: now, the settlement, then each dimension's tpm
-// and whether it takes leases ('1' or '0').
-const SETTLE = `${SETTLE_FN}
-local n = tonumber(ARGV[4])
-settle(2, function(d) return tonumber(ARGV[5 + n + d * 2]), ARGV[6 + n + d * 2] == '1' end)
+// Settlement of the requests that ended on one set of dimensions, when no admission has carried
+// it: tokens corrected by their real usage (refund or charge, summed), their leases released,
+// their real cost added to the spend counters. ARGV: now, token delta, cost, number of leases,
+// the leases, then each dimension's tpm and whether it takes leases ('1' or '0').
+const SETTLE = `${SPEND_FN}
+local now, delta, cost, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+for d = 0, #KEYS / ${KEYS_PER_DIM} - 1 do
+  local k, a = d * ${KEYS_PER_DIM}, 5 + n + d * 2
+  local tpm = tonumber(ARGV[a])
+  if tpm >= 0 and delta ~= 0 then
+    local st = redis.call('HMGET', KEYS[k + 1], 't', 'tt')
+    local t = tonumber(st[1])
+    if t ~= nil then
+      redis.call('HSET', KEYS[k + 1], 't', math.min(tpm, t + (now - tonumber(st[2])) * tpm / 60000 - delta), 'tt', now)
+    end
+  end
+  if n > 0 and ARGV[a + 1] == '1' then redis.call('ZREM', KEYS[k + 2], unpack(ARGV, 5, 4 + n)) end
+  if cost > 0 then spend(k, cost) end
+end
 return 1
 `;
 
@@ -255,8 +278,8 @@ export class RedisLimitStore implements LimitStore {
       const r = res[1 + n * 2];
       const t = res[2 + n * 2];
       return {
-        requests: d.rpm === null || r === '' ? null : { limit: d.rpm, remaining: Number(r) },
-        tokens: d.tpm === null || t === '' ? null : { limit: d.tpm, remaining: Number(t) },
+        requests: d.rpm === null || r === '' ? null : { limit: d.rpm, remaining: Number(r) / 1000 },
+        tokens: d.tpm === null || t === '' ? null : { limit: d.tpm, remaining: Number(t) / 1000 },
       };
     });
     return { ok: true, views, lease: member };
@@ -324,8 +347,14 @@ export class RedisLimitStore implements LimitStore {
 
   async renew(dims: Dimension[], lease: string, expiresAt: number): Promise<void> {
     const keys = this.keys(dims, '', '');
+    // The set outlives its longest lease: a request running alone keeps its slot past the
+    // expiry the last admission gave the set.
+    const keepMs = 2 * Math.max(0, expiresAt - Date.now());
     await Promise.all(
-      dims.map((_, n) => this.redis.zadd(keys[n * KEYS_PER_DIM + 1]!, 'XX', expiresAt, lease)),
+      dims.flatMap((_, n) => {
+        const leases = keys[n * KEYS_PER_DIM + 1]!;
+        return [this.redis.zadd(leases, 'XX', expiresAt, lease), this.redis.pexpire(leases, keepMs)];
+      }),
     );
   }
 

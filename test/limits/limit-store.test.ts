@@ -201,6 +201,20 @@ describe.each([
     // The next day starts fresh.
     expect((await s.admit(input([d], { day: '2026-11-26', costNano: 100 }))).ok).toBe(true);
   });
+
+  it("a crashed instance's reservations stop counting against the budget when their leases expire", async () => {
+    const s = make();
+    const d = dim({ budgetNano: 1000, period: 'day' });
+    expect((await s.admit(input([d], { costNano: 900 }))).ok).toBe(true);
+    expect((await s.admit(input([d], { costNano: 200 }))).ok).toBe(true);
+    expect(await s.admit(input([d], { costNano: 1 }))).toMatchObject({
+      ok: false,
+      limit: 'budget',
+      level: 1100,
+    });
+    // Never settled: 60 s on, both leases have expired and nothing is in flight.
+    expect((await s.admit(input([d], { now: 1_060_001, costNano: 1 }))).ok).toBe(true);
+  });
 });
 
 it('keeps every key of one admission in one Redis Cluster slot', async () => {
@@ -234,4 +248,40 @@ it('gives day and month spend counters their expiry once, when created, and keep
   expect(await redis.ttl(dayKey!)).toBeLessThanOrEqual(1000);
   expect(await redis.get(dayKey!)).toBe('14');
   expect(await s.spend(team, '2026-11-25', '2026-11')).toEqual({ day: 14, month: 14, total: 14 });
+});
+
+it('keeps expiries on the bucket and the lease set, and renewal extends the set with its leases', async () => {
+  const prefix = `test:exp:${randomBytes(4).toString('hex')}:`;
+  const s = new RedisLimitStore(redis, prefix);
+  const d = dim({ tag: 't:exp', rpm: 100, maxConcurrent: 5 });
+  const a = await s.admit(input([d], { now: Date.now() }));
+  expect(a.ok).toBe(true);
+  const bucketKey = (await redis.keys(`*${prefix}*${d.id}:b`))[0]!;
+  const leaseKey = (await redis.keys(`*${prefix}*${d.id}:l`))[0]!;
+  expect(await redis.pttl(bucketKey)).toBeGreaterThan(3_590_000);
+  expect(await redis.pttl(leaseKey)).toBeGreaterThan(110_000);
+  // The bucket's expiry is renewed once a lease TTL has passed, not by every admission.
+  await redis.pexpire(bucketKey, 500_000);
+  expect((await s.admit(input([d], { now: Date.now() }))).ok).toBe(true);
+  expect(await redis.pttl(bucketKey)).toBeLessThanOrEqual(500_000);
+  expect((await s.admit(input([d], { now: Date.now() + 60_000 }))).ok).toBe(true);
+  expect(await redis.pttl(bucketKey)).toBeGreaterThan(3_590_000);
+  // A request that runs on alone keeps its lease set alive through renewals.
+  await redis.pexpire(leaseKey, 1000);
+  await s.renew([d], a.ok ? a.lease : '', Date.now() + 60_000);
+  expect(await redis.pttl(leaseKey)).toBeGreaterThan(110_000);
+});
+
+it('removes expired leases along with the renewal of the expiry, even while slots are free', async () => {
+  const prefix = `test:gc:${randomBytes(4).toString('hex')}:`;
+  const s = new RedisLimitStore(redis, prefix);
+  const d = dim({ tag: 't:gc', rpm: 1000, maxConcurrent: 100 });
+  for (let i = 0; i < 3; i++) expect((await s.admit(input([d]))).ok).toBe(true);
+  const leaseKey = (await redis.keys(`*${prefix}*${d.id}:l`))[0]!;
+  expect(await redis.zcard(leaseKey)).toBe(3);
+  // Within the lease TTL nothing is removed; after it, the next admission clears the expired ones.
+  expect((await s.admit(input([d], { now: 1_030_000 }))).ok).toBe(true);
+  expect(await redis.zcard(leaseKey)).toBe(4);
+  expect((await s.admit(input([d], { now: 1_060_001 }))).ok).toBe(true);
+  expect(await redis.zcard(leaseKey)).toBe(2);
 });
