@@ -1,6 +1,13 @@
 import { Cluster } from 'ioredis';
 import type { TokenUsage } from '../proxy/usage.js';
 import type { RedisClient } from '../store/redis.js';
+import {
+  LOOKUP_LUA,
+  type LookupReply,
+  type RideAlong,
+  type Rider,
+  rideAlongFor,
+} from '../store/ride-along.js';
 
 /** A cached answer: the chat.completion JSON bytes (streams are stored assembled) and its usage. */
 export interface CacheEntry {
@@ -50,11 +57,8 @@ export interface CacheStore {
 }
 
 // Entry and lock share the id as hash tag, so both live in one Redis Cluster slot.
-const GET_OR_LOCK = `
-local e = redis.call('GET', KEYS[1])
-if e then return {e, 0} end
-if redis.call('SET', KEYS[2], '1', 'PX', ARGV[1], 'NX') then return {false, 1} end
-return {false, 0}
+const LOOKUP = `${LOOKUP_LUA}
+return {lookup(0, 0, #KEYS)}
 `;
 
 // The leader's answer stored (when there is one) and its lock released, in one call: a waiter
@@ -64,15 +68,6 @@ if ARGV[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
 redis.call('DEL', KEYS[2])
 return 1
 `;
-
-// On a single server the leaders' finishes ride along with the next lookup: KEYS entry, lock,
-// then an entry and a lock per finish; ARGV the lock's ttl, then an entry and its ttl per finish.
-const FINISH_THEN_GET_OR_LOCK = `
-for i = 3, #KEYS, 2 do
-  if ARGV[i - 1] ~= '' then redis.call('SET', KEYS[i], ARGV[i - 1], 'PX', ARGV[i]) end
-  redis.call('DEL', KEYS[i + 1])
-end
-${GET_OR_LOCK}`;
 
 /**
  * How long a finish may wait for a lookup to carry it: waiters on other instances poll every
@@ -90,18 +85,53 @@ interface HeldFinish {
 }
 type Scripted = RedisClient & {
   tollgateCacheFinish(entry: string, lock: string, raw: Buffer | string, ttl: number): Promise<number>;
-  /** Key count first: the number of finishes carried varies. */
-  tollgateCacheFinishThenGetOrLockBuffer(
-    ...args: (string | number | Buffer)[]
-  ): Promise<[Buffer | null, number]>;
   /** The Buffer-reply form ioredis defines next to every script: entries are raw bytes. */
-  tollgateCacheGetOrLockBuffer(entry: string, lock: string, ttl: number): Promise<[Buffer | null, number]>;
+  tollgateCacheLookupBuffer(entry: string, lock: string, ttl: number): Promise<LookupReply>;
+  /** Key count first: the number of finishes carried varies. */
+  tollgateCacheFinishThenLookupBuffer(...args: (string | number | Buffer)[]): Promise<LookupReply>;
 };
+
+const decodeReply = ([raw, locked]: LookupReply): { entry: CacheEntry | null; locked: boolean } => ({
+  entry: raw ? decodeEntry(raw) : null,
+  locked: Number(locked) === 1,
+});
+
+/** A lookup (with the finishes it carries) waiting for an admission to take it along. */
+class PendingLookup implements Rider {
+  constructor(
+    private readonly redis: Scripted,
+    readonly keys: string[],
+    readonly args: (string | number | Buffer)[],
+    private readonly held: HeldFinish[],
+    private readonly resolve: (r: { entry: CacheEntry | null; locked: boolean }) => void,
+    private readonly reject: (err: unknown) => void,
+  ) {}
+
+  done(reply: LookupReply): void {
+    for (const h of this.held) h.resolve();
+    this.resolve(decodeReply(reply));
+  }
+
+  failed(err: unknown): void {
+    for (const h of this.held) h.reject(err);
+    this.reject(err);
+  }
+
+  alone(): void {
+    this.redis.tollgateCacheFinishThenLookupBuffer(this.keys.length, ...this.keys, ...this.args).then(
+      (reply) => this.done(reply),
+      (err: unknown) => this.failed(err),
+    );
+  }
+}
 
 export class RedisCacheStore implements CacheStore {
   private readonly redis: Scripted;
-  /** A Cluster spreads entries over slots, so finishes cannot ride with another entry's lookup. */
-  private readonly carries: boolean;
+  /**
+   * On a single server, lookups ride along with limit admissions and finishes with lookups. A
+   * Cluster spreads entries over slots, so nothing rides with another key's call there.
+   */
+  private readonly riders: RideAlong | null;
   private held: HeldFinish[] = [];
   private timer: NodeJS.Timeout | null = null;
 
@@ -109,11 +139,11 @@ export class RedisCacheStore implements CacheStore {
     redis: RedisClient,
     private readonly prefix: string,
   ) {
-    redis.defineCommand('tollgateCacheGetOrLock', { numberOfKeys: 2, lua: GET_OR_LOCK });
+    redis.defineCommand('tollgateCacheLookup', { numberOfKeys: 2, lua: LOOKUP });
+    redis.defineCommand('tollgateCacheFinishThenLookup', { lua: LOOKUP });
     redis.defineCommand('tollgateCacheFinish', { numberOfKeys: 2, lua: FINISH });
-    redis.defineCommand('tollgateCacheFinishThenGetOrLock', { lua: FINISH_THEN_GET_OR_LOCK });
     this.redis = redis as Scripted;
-    this.carries = !(redis instanceof Cluster);
+    this.riders = redis instanceof Cluster ? null : rideAlongFor(redis);
   }
 
   private entryKey(id: string): string {
@@ -125,27 +155,22 @@ export class RedisCacheStore implements CacheStore {
   }
 
   async getOrLock(id: string, lockTtlMs: number): Promise<{ entry: CacheEntry | null; locked: boolean }> {
-    let reply: [Buffer | null, number];
-    if (this.held.length === 0) {
-      reply = await this.redis.tollgateCacheGetOrLockBuffer(this.entryKey(id), this.lockKey(id), lockTtlMs);
-    } else {
-      const held = this.takeHeld();
-      const keys: string[] = [this.entryKey(id), this.lockKey(id)];
-      const args: (string | number | Buffer)[] = [lockTtlMs];
-      for (const h of held) {
-        keys.push(h.entryKey, h.lockKey);
-        args.push(h.raw, h.ttlMs);
-      }
-      try {
-        reply = await this.redis.tollgateCacheFinishThenGetOrLockBuffer(keys.length, ...keys, ...args);
-      } catch (err) {
-        for (const h of held) h.reject(err);
-        throw err;
-      }
-      for (const h of held) h.resolve();
+    if (!this.riders) {
+      return decodeReply(
+        await this.redis.tollgateCacheLookupBuffer(this.entryKey(id), this.lockKey(id), lockTtlMs),
+      );
     }
-    const [raw, locked] = reply;
-    return { entry: raw ? decodeEntry(raw) : null, locked: Number(locked) === 1 };
+    const held = this.takeHeld();
+    const keys: string[] = [this.entryKey(id), this.lockKey(id)];
+    const args: (string | number | Buffer)[] = [lockTtlMs];
+    for (const h of held) {
+      keys.push(h.entryKey, h.lockKey);
+      args.push(h.raw, h.ttlMs);
+    }
+    const riders = this.riders;
+    return new Promise((resolve, reject) => {
+      riders.post(new PendingLookup(this.redis, keys, args, held, resolve, reject));
+    });
   }
 
   async get(id: string): Promise<CacheEntry | null> {
@@ -159,7 +184,7 @@ export class RedisCacheStore implements CacheStore {
 
   finish(id: string, entry: CacheEntry | null, ttlMs: number): Promise<void> {
     const raw = entry ? encodeEntry(entry) : '';
-    if (!this.carries) {
+    if (!this.riders) {
       return this.redis.tollgateCacheFinish(this.entryKey(id), this.lockKey(id), raw, ttlMs).then(() => {});
     }
     return new Promise<void>((resolve, reject) => {

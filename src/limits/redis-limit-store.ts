@@ -1,4 +1,6 @@
+import { Cluster } from 'ioredis';
 import type { RedisClient } from '../store/redis.js';
+import { LOOKUP_LUA, type RideAlong, rideAlongFor } from '../store/ride-along.js';
 import { ChurnMap } from '../util/churn-map.js';
 import type {
   AdmitInput,
@@ -39,11 +41,11 @@ end
 // a refusal as strings.
 // ARGV: now, lease member, tokens needed, lease TTL, hit ('0' no, '1' yes, '2' yes and served at
 // once: no lease), 5 per dimension (rpm, tpm, max concurrent, budget: -1 for none; budget
-// period), then the settlement: token delta, cost, number of leases, the leases.
-const ADMIT = `${SPEND_FN}
+// period), then the settlement: token delta, cost, number of leases, the leases. \`ndim\` is set
+// by the script around it.
+const ADMIT_BODY = `
 local now, member, need, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local hit, lease = ARGV[5] ~= '0', ARGV[5] ~= '2'
-local ndim = #KEYS / ${KEYS_PER_DIM}
 local s = 6 + ndim * 5
 local delta, cost, n = tonumber(ARGV[s]), tonumber(ARGV[s + 1]), tonumber(ARGV[s + 2])
 local lim, rs, ts, xs, settled = {}, {}, {}, {}, {}
@@ -137,6 +139,24 @@ end
 return out
 `;
 
+const ADMIT = `${SPEND_FN}
+local ndim = #KEYS / ${KEYS_PER_DIM}
+${ADMIT_BODY}`;
+
+// Admission with a cache lookup riding along (single server only: the lookup's keys are in other
+// slots). KEYS: the admission's, then the lookup's; ARGV: the admission's, the lookup's, and
+// last the number of dimensions. Returns the admission's reply, the entry and the lock flag.
+const ADMIT_LOOKUP = `${SPEND_FN}${LOOKUP_LUA}
+local ndim = tonumber(ARGV[#ARGV])
+local function admit()
+${ADMIT_BODY}
+end
+local res = admit()
+local ko, s = ndim * ${KEYS_PER_DIM}, 6 + ndim * 5
+local entry, locked = lookup(ko, s + 2 + tonumber(ARGV[s + 2]), #KEYS - ko)
+return {res, entry, locked}
+`;
+
 // Settlement of the requests that ended on one set of dimensions, when no admission has carried
 // it: tokens corrected by their real usage (refund or charge, summed), their leases released,
 // their real cost added to the spend counters. ARGV: now, token delta, cost, number of leases,
@@ -182,11 +202,14 @@ interface PendingSettle {
 /**
  * Limits in Redis: one Lua call admits a request, shared by every instance. Settlements are
  * summed per set of dimensions and ride along with the next admission on those dimensions (the
- * same Lua call), or go on their own after SETTLE_WAIT_MS when no admission comes.
+ * same Lua call), or go on their own after SETTLE_WAIT_MS when no admission comes. On a single
+ * server, the admission also carries the request's cache lookup (see RideAlong).
  */
 export class RedisLimitStore implements LimitStore {
   private readonly redis: RedisClient;
   private readonly scripts = new Map<string, Script>();
+  private readonly riders: RideAlong | null;
+  private readonly admitLookup: ((...args: (string | number | Buffer)[]) => Promise<unknown>) | null;
   private readonly pending = new ChurnMap<string, PendingSettle>();
   private readonly keyCache = new Map<string, string[]>();
   private timer: NodeJS.Timeout | null = null;
@@ -210,6 +233,17 @@ export class RedisLimitStore implements LimitStore {
         redis.defineCommand(name, { numberOfKeys: n * KEYS_PER_DIM, lua });
         this.scripts.set(name, (...args) => (redis as unknown as Record<string, Script>)[name]!(...args));
       }
+    }
+    if (redis instanceof Cluster) {
+      this.riders = null;
+      this.admitLookup = null;
+    } else {
+      // Key count first: the lookup's keys vary with the finishes it carries. Replies as Buffers:
+      // the entry is raw bytes.
+      redis.defineCommand('tollgateAdmitLookup', { lua: ADMIT_LOOKUP });
+      const call = redis as unknown as Record<string, Script>;
+      this.riders = rideAlongFor(redis);
+      this.admitLookup = (...args) => call['tollgateAdmitLookupBuffer']!(...(args as (string | number)[]));
     }
   }
 
@@ -249,37 +283,53 @@ export class RedisLimitStore implements LimitStore {
     const member = `${i.leaseId}|${i.costNano}`;
     const keys = this.keys(i.dims, i.day, i.month);
     const hit = i.hit ? (i.lease ? '1' : '2') : '0';
-    const args: (string | number)[] = [...keys, i.now, member, i.tokens, i.leaseTtlMs, hit];
+    const argv: (string | number)[] = [i.now, member, i.tokens, i.leaseTtlMs, hit];
     for (const d of i.dims)
-      args.push(d.rpm ?? -1, d.tpm ?? -1, d.maxConcurrent ?? -1, d.budgetNano ?? -1, d.period);
+      argv.push(d.rpm ?? -1, d.tpm ?? -1, d.maxConcurrent ?? -1, d.budgetNano ?? -1, d.period);
     const group = RedisLimitStore.group(keys, i.dims.length);
     const carried = this.pending.get(group);
     if (carried) this.pending.delete(group);
-    pushSettlement(args, carried);
-    let res: (string | number)[];
+    pushSettlement(argv, carried);
+    const rider = this.riders?.take();
+    let res: (string | number | Buffer)[];
     try {
-      res = (await this.script('Admit', i.dims.length)(...args)) as (string | number)[];
+      if (rider) {
+        const reply = (await this.admitLookup!(
+          keys.length + rider.keys.length,
+          ...keys,
+          ...rider.keys,
+          ...argv,
+          ...rider.args,
+          i.dims.length,
+        )) as [(number | Buffer)[], Buffer | null, number];
+        rider.done([reply[1], reply[2]]);
+        res = reply[0];
+      } else {
+        res = (await this.script('Admit', i.dims.length)(...keys, ...argv)) as (string | number)[];
+      }
     } catch (err) {
+      rider?.failed(err);
       // Not written: the settlements go back in line for a call of their own.
       if (carried) this.enqueue(group, carried);
       throw err;
     }
     if (carried) for (const w of carried.waiters) w.resolve();
-    if (Number(res[0]) !== 1) {
+    if (res[0] !== 1) {
       return {
         ok: false,
         dim: Number(res[1]),
         limit: String(res[2]) as 'rpm',
-        capacity: Number(res[3]),
-        level: Number(res[4]),
+        capacity: Number(String(res[3])),
+        level: Number(String(res[4])),
       };
     }
+    // Levels in thousandths; a dimension without that limit sends an empty string.
     const views: BucketView[] = i.dims.map((d, n) => {
       const r = res[1 + n * 2];
       const t = res[2 + n * 2];
       return {
-        requests: d.rpm === null || r === '' ? null : { limit: d.rpm, remaining: Number(r) / 1000 },
-        tokens: d.tpm === null || t === '' ? null : { limit: d.tpm, remaining: Number(t) / 1000 },
+        requests: d.rpm === null || typeof r !== 'number' ? null : { limit: d.rpm, remaining: r / 1000 },
+        tokens: d.tpm === null || typeof t !== 'number' ? null : { limit: d.tpm, remaining: t / 1000 },
       };
     });
     return { ok: true, views, lease: member };

@@ -100,7 +100,8 @@ export function chatCompletions(deps: ChatDeps) {
       await admit(true, true);
       return hit(x, near);
     }
-    // The lookup and a miss's admission leave together, so they cost one round trip. Should
+    // The lookup and a miss's admission leave together, so they cost one round trip (on a
+    // single Redis server one script call: the lookup rides along with the admission). Should
     // it be a hit after all, settlement refunds the tokens the admission reserved.
     const [opened, refusal] = await Promise.all([
       cache.open(id, control),
