@@ -1,4 +1,5 @@
 import type { IncomingHttpHeaders } from 'node:http';
+import type { Readable } from 'node:stream';
 import type { Context } from 'hono';
 import { StreamAssembler } from '../cache/assemble.js';
 import type { CacheEntry } from '../cache/cache-store.js';
@@ -111,9 +112,9 @@ export function jsonHeaders(
 /** Relays a non-streamed answer: read whole (it is small), check, write in one go. */
 export async function relayJson(x: Exchange, res: UpstreamResponse): Promise<Response> {
   const { sink, trace } = x;
-  const chunks: Buffer[] = [];
+  let body: Buffer;
   try {
-    for await (const chunk of res.body) chunks.push(chunk as Buffer);
+    body = await readAll(res.body);
   } catch (err) {
     // A client that left says nothing about the upstream's health: no verdict for the breaker.
     if (sink.clientGone) {
@@ -125,7 +126,6 @@ export async function relayJson(x: Exchange, res: UpstreamResponse): Promise<Res
       ? new GatewayError('upstream_timeout', 'The upstream did not finish the response in time.')
       : new GatewayError('upstream_error', 'The upstream connection failed during the response.');
   }
-  const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
   trace.usage = extractUsage(body);
   // A valid completion has usage; only when it is missing is the body parsed, to vet it.
   if (trace.usage === null && !isJson(body)) {
@@ -222,6 +222,26 @@ export function clientGone(x: Exchange): Response {
   // 499: the client closed the request (nginx's convention), for logs and metrics only.
   x.trace.status = 499;
   return x.sink.response();
+}
+
+/**
+ * A whole body, read in flowing mode: an async iterator would cost a promise and a read() per
+ * chunk. Fails with the stream's error, or when it closes before its end.
+ */
+function readAll(stream: Readable): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let ended = false;
+    stream.on('data', (chunk: Buffer) => chunks.push(chunk));
+    stream.once('end', () => {
+      ended = true;
+      resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
+    });
+    stream.once('error', reject);
+    stream.once('close', () => {
+      if (!ended) reject(new Error('The upstream response ended early.'));
+    });
+  });
 }
 
 function isTimeoutError(err: unknown): boolean {
