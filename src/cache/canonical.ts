@@ -34,11 +34,22 @@ function canonical(v: unknown): string {
   return `${out}}`;
 }
 
-/** An object's keys in sorted order (sorting only when they are not already). */
+/**
+ * An object's keys in sorted order. Objects in a request have a handful of keys, so an insertion
+ * sort in place (nothing to do when they are already in order) beats Array.prototype.sort, which
+ * allocates its own work space on every call.
+ */
 function sortedKeys(o: object): string[] {
   const keys = Object.keys(o);
+  if (keys.length > 16) return keys.sort();
   for (let i = 1; i < keys.length; i++) {
-    if (keys[i - 1]! > keys[i]!) return keys.sort();
+    const k = keys[i]!;
+    let j = i - 1;
+    while (j >= 0 && keys[j]! > k) {
+      keys[j + 1] = keys[j]!;
+      j--;
+    }
+    keys[j + 1] = k;
   }
   return keys;
 }
