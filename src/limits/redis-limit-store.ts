@@ -39,34 +39,29 @@ end
 // removed only when they could matter: when the slots look full, and then along with the renewal.
 // Levels go back as integer thousandths (Redis truncates Lua numbers to integers); the numbers of
 // a refusal as strings.
-// ARGV: now, lease member, tokens needed, lease TTL, hit ('0' no, '1' yes, '2' yes and served at
-// once: no lease), 5 per dimension (rpm, tpm, max concurrent, budget: -1 for none; budget
-// period), then the settlement: token delta, cost, number of leases, the leases. \`ndim\` is set
-// by the script around it.
+// Its input `a` is AdmitArgs (below), decoded by the script around it; KEYS: 5 per dimension.
 const ADMIT_BODY = `
-local now, member, need, ttl = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local hit, lease = ARGV[5] ~= '0', ARGV[5] ~= '2'
-local s = 6 + ndim * 5
-local delta, cost, n = tonumber(ARGV[s]), tonumber(ARGV[s + 1]), tonumber(ARGV[s + 2])
+local now, member, need, ttl = a.now, a.lease, a.need, a.ttl
+local hit, lease = a.hit ~= 0, a.hit ~= 2
+local delta, cost, released = a.settle.delta, a.settle.cost, a.settle.leases
 local lim, rs, ts, xs, settled = {}, {}, {}, {}, {}
 for d = 0, ndim - 1 do
-  local k, a = d * ${KEYS_PER_DIM}, 6 + d * 5
-  local rpm, tpm = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local k, dm = d * ${KEYS_PER_DIM}, a.dims[d + 1]
   -- A dimension with no limit at all (a team without settings) needs neither a check nor a lease.
-  lim[d] = rpm >= 0 or tpm >= 0 or tonumber(ARGV[a + 2]) >= 0 or tonumber(ARGV[a + 3]) >= 0
+  lim[d] = dm.rpm >= 0 or dm.tpm >= 0 or dm.maxc >= 0 or dm.budget >= 0
   if lim[d] then
-    if n > 0 then redis.call('ZREM', KEYS[k + 2], unpack(ARGV, s + 3, s + 2 + n)) end
+    if #released > 0 then redis.call('ZREM', KEYS[k + 2], unpack(released)) end
     local st = redis.call('HMGET', KEYS[k + 1], 'r', 'rt', 't', 'tt', 'x')
     xs[d] = tonumber(st[5])
-    if rpm >= 0 then
+    if dm.rpm >= 0 then
       local r = tonumber(st[1])
-      if r == nil then r = rpm else r = math.min(rpm, r + (now - tonumber(st[2])) * rpm / 60000) end
+      if r == nil then r = dm.rpm else r = math.min(dm.rpm, r + (now - tonumber(st[2])) * dm.rpm / 60000) end
       rs[d] = r
     end
-    if tpm >= 0 then
+    if dm.tpm >= 0 then
       local t = tonumber(st[3])
-      if t == nil then t = tpm else
-        t = math.min(tpm, t + (now - tonumber(st[4])) * tpm / 60000 - delta)
+      if t == nil then t = dm.tpm else
+        t = math.min(dm.tpm, t + (now - tonumber(st[4])) * dm.tpm / 60000 - delta)
         settled[d] = delta ~= 0
       end
       ts[d] = t
@@ -82,32 +77,31 @@ local function refuse(d, what, cap, level)
   return {0, d, what, tostring(cap), tostring(level)}
 end
 for d = 0, ndim - 1 do
-  local k, a = d * ${KEYS_PER_DIM}, 6 + d * 5
+  local k, dm = d * ${KEYS_PER_DIM}, a.dims[d + 1]
   if lim[d] then
-    local tpm, maxc, budget = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
     local r, t = rs[d], ts[d]
-    if r ~= nil and r < 1 then return refuse(d, 'rpm', ARGV[a], r) end
+    if r ~= nil and r < 1 then return refuse(d, 'rpm', dm.rpm, r) end
     if t ~= nil and not hit then
-      if need > tpm then return refuse(d, 'tpm_never', tpm, t) end
-      if t < need then return refuse(d, 'tpm', tpm, t) end
+      if need > dm.tpm then return refuse(d, 'tpm_never', dm.tpm, t) end
+      if t < need then return refuse(d, 'tpm', dm.tpm, t) end
     end
     local leases = KEYS[k + 2]
-    if maxc >= 0 then
+    if dm.maxc >= 0 then
       local used = redis.call('ZCARD', leases)
-      if used >= maxc then
+      if used >= dm.maxc then
         redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
         used = redis.call('ZCARD', leases)
-        if used >= maxc then return refuse(d, 'concurrency', maxc, used) end
+        if used >= dm.maxc then return refuse(d, 'concurrency', dm.maxc, used) end
       end
     end
-    if budget >= 0 and not hit then
+    if dm.budget >= 0 and not hit then
       local pk = KEYS[k + 3]
-      if ARGV[a + 4] == 'month' then pk = KEYS[k + 4] elseif ARGV[a + 4] == 'total' then pk = KEYS[k + 5] end
+      if dm.period == 'month' then pk = KEYS[k + 4] elseif dm.period == 'total' then pk = KEYS[k + 5] end
       local used = tonumber(redis.call('GET', pk) or '0')
       for _, m in ipairs(redis.call('ZRANGEBYSCORE', leases, '(' .. now, '+inf')) do
         used = used + tonumber(string.match(m, '|(%d+)$') or '0')
       end
-      if used >= budget then return refuse(d, 'budget', budget, used) end
+      if used >= dm.budget then return refuse(d, 'budget', dm.budget, used) end
     end
   end
 end
@@ -139,45 +133,75 @@ end
 return out
 `;
 
+// ARGV[1]: AdmitArgs as JSON (one argument instead of ~20: each costs the gateway's Redis client
+// more than decoding them costs Redis).
 const ADMIT = `${SPEND_FN}
-local ndim = #KEYS / ${KEYS_PER_DIM}
+local a = cjson.decode(ARGV[1])
+local ndim = #a.dims
 ${ADMIT_BODY}`;
 
 // Admission with a cache lookup riding along (single server only: the lookup's keys are in other
-// slots). KEYS: the admission's, then the lookup's; ARGV: the admission's, the lookup's, and
-// last the number of dimensions. Returns the admission's reply, the entry and the lock flag.
+// slots). KEYS: the admission's, then the lookup's; ARGV: AdmitArgs, then the lookup's. Returns
+// the admission's reply, the entry and the lock flag.
 const ADMIT_LOOKUP = `${SPEND_FN}${LOOKUP_LUA}
-local ndim = tonumber(ARGV[#ARGV])
+local a = cjson.decode(ARGV[1])
+local ndim = #a.dims
 local function admit()
 ${ADMIT_BODY}
 end
 local res = admit()
-local ko, s = ndim * ${KEYS_PER_DIM}, 6 + ndim * 5
-local entry, locked = lookup(ko, s + 2 + tonumber(ARGV[s + 2]), #KEYS - ko)
+local ko = ndim * ${KEYS_PER_DIM}
+local entry, locked = lookup(ko, 1, #KEYS - ko)
 return {res, entry, locked}
 `;
 
 // Settlement of the requests that ended on one set of dimensions, when no admission has carried
 // it: tokens corrected by their real usage (refund or charge, summed), their leases released,
-// their real cost added to the spend counters. ARGV: now, token delta, cost, number of leases,
-// the leases, then each dimension's tpm and whether it takes leases ('1' or '0').
+// their real cost added to the spend counters. ARGV[1]: SettleArgs as JSON.
 const SETTLE = `${SPEND_FN}
-local now, delta, cost, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-for d = 0, #KEYS / ${KEYS_PER_DIM} - 1 do
-  local k, a = d * ${KEYS_PER_DIM}, 5 + n + d * 2
-  local tpm = tonumber(ARGV[a])
-  if tpm >= 0 and delta ~= 0 then
+local a = cjson.decode(ARGV[1])
+local now, delta, cost, released = a.now, a.settle.delta, a.settle.cost, a.settle.leases
+for d = 0, #a.dims - 1 do
+  local k, dm = d * ${KEYS_PER_DIM}, a.dims[d + 1]
+  if dm.tpm >= 0 and delta ~= 0 then
     local st = redis.call('HMGET', KEYS[k + 1], 't', 'tt')
     local t = tonumber(st[1])
     if t ~= nil then
-      redis.call('HSET', KEYS[k + 1], 't', math.min(tpm, t + (now - tonumber(st[2])) * tpm / 60000 - delta), 'tt', now)
+      redis.call('HSET', KEYS[k + 1], 't', math.min(dm.tpm, t + (now - tonumber(st[2])) * dm.tpm / 60000 - delta), 'tt', now)
     end
   end
-  if n > 0 and ARGV[a + 1] == '1' then redis.call('ZREM', KEYS[k + 2], unpack(ARGV, 5, 4 + n)) end
+  if #released > 0 and dm.leased then redis.call('ZREM', KEYS[k + 2], unpack(released)) end
   if cost > 0 then spend(k, cost) end
 end
 return 1
 `;
+
+/** A settlement as the scripts read it: token delta, cost (nano-USD), leases to release. */
+interface SettleJson {
+  delta: number;
+  cost: number;
+  leases: string[];
+}
+
+/** The admission script's argument. Limits are -1 where a dimension has none. */
+interface AdmitArgs {
+  now: number;
+  /** The lease member: "<lease id>|<reserved nano-USD>". */
+  lease: string;
+  need: number;
+  ttl: number;
+  /** 0: a miss; 1: a hit; 2: a hit served at once (checked against the slots, takes none). */
+  hit: 0 | 1 | 2;
+  dims: { rpm: number; tpm: number; maxc: number; budget: number; period: Dimension['period'] }[];
+  settle: SettleJson;
+}
+
+/** The settle script's argument. */
+interface SettleArgs {
+  now: number;
+  dims: { tpm: number; leased: boolean }[];
+  settle: SettleJson;
+}
 
 type Script = (...args: (string | number)[]) => Promise<unknown>;
 
@@ -212,6 +236,7 @@ export class RedisLimitStore implements LimitStore {
   private readonly admitLookup: ((...args: (string | number | Buffer)[]) => Promise<unknown>) | null;
   private readonly pending = new ChurnMap<string, PendingSettle>();
   private readonly keyCache = new Map<string, string[]>();
+  private readonly dimsJsonOf = new WeakMap<Dimension[], string>();
   private timer: NodeJS.Timeout | null = null;
 
   constructor(
@@ -279,17 +304,32 @@ export class RedisLimitStore implements LimitStore {
     return keys;
   }
 
+  /** A dimension set's limits as the admission script reads them, as JSON, built once per set. */
+  private dimsJson(dims: Dimension[]): string {
+    let json = this.dimsJsonOf.get(dims);
+    if (json === undefined) {
+      const a: AdmitArgs['dims'] = dims.map((d) => ({
+        rpm: d.rpm ?? -1,
+        tpm: d.tpm ?? -1,
+        maxc: d.maxConcurrent ?? -1,
+        budget: d.budgetNano ?? -1,
+        period: d.period,
+      }));
+      json = JSON.stringify(a);
+      this.dimsJsonOf.set(dims, json);
+    }
+    return json;
+  }
+
   async admit(i: AdmitInput): Promise<AdmitResult> {
     const member = `${i.leaseId}|${i.costNano}`;
     const keys = this.keys(i.dims, i.day, i.month);
-    const hit = i.hit ? (i.lease ? '1' : '2') : '0';
-    const argv: (string | number)[] = [i.now, member, i.tokens, i.leaseTtlMs, hit];
-    for (const d of i.dims)
-      argv.push(d.rpm ?? -1, d.tpm ?? -1, d.maxConcurrent ?? -1, d.budgetNano ?? -1, d.period);
     const group = RedisLimitStore.group(keys, i.dims.length);
     const carried = this.pending.get(group);
     if (carried) this.pending.delete(group);
-    pushSettlement(argv, carried);
+    const hit: AdmitArgs['hit'] = i.hit ? (i.lease ? 1 : 2) : 0;
+    // AdmitArgs, written out: JSON.stringify of the object cost ~2 us a request.
+    const argv = `{"now":${i.now},"lease":${JSON.stringify(member)},"need":${i.tokens},"ttl":${i.leaseTtlMs},"hit":${hit},"dims":${this.dimsJson(i.dims)},"settle":${settleJson(carried)}}`;
     const rider = this.riders?.take();
     let res: (string | number | Buffer)[];
     try {
@@ -298,14 +338,13 @@ export class RedisLimitStore implements LimitStore {
           keys.length + rider.keys.length,
           ...keys,
           ...rider.keys,
-          ...argv,
+          argv,
           ...rider.args,
-          i.dims.length,
         )) as [(number | Buffer)[], Buffer | null, number];
         rider.done([reply[1], reply[2]]);
         res = reply[0];
       } else {
-        res = (await this.script('Admit', i.dims.length)(...keys, ...argv)) as (string | number)[];
+        res = (await this.script('Admit', i.dims.length)(...keys, argv)) as (string | number)[];
       }
     } catch (err) {
       rider?.failed(err);
@@ -381,11 +420,13 @@ export class RedisLimitStore implements LimitStore {
   }
 
   private write(p: PendingSettle): Promise<void> {
-    const args: (string | number)[] = [...p.keys, p.now];
-    pushSettlement(args, p);
-    for (const d of p.dims) args.push(d.tpm ?? -1, takesLeases(d) ? 1 : 0);
+    const args: SettleArgs = {
+      now: p.now,
+      dims: p.dims.map((d) => ({ tpm: d.tpm ?? -1, leased: takesLeases(d) })),
+      settle: { delta: p.tokenDelta, cost: p.costNano, leases: p.leases },
+    };
     const settle = this.script('Settle', p.dims.length);
-    return settle(...args).then(
+    return settle(...p.keys, JSON.stringify(args)).then(
       () => {
         for (const w of p.waiters) w.resolve();
       },
@@ -432,13 +473,11 @@ export class RedisLimitStore implements LimitStore {
 const takesLeases = (d: Dimension): boolean =>
   d.rpm !== null || d.tpm !== null || d.maxConcurrent !== null || d.budgetNano !== null;
 
-/** Appends a settlement's ARGV part: token delta, cost, number of leases, the leases. */
-function pushSettlement(args: (string | number)[], p: PendingSettle | undefined): void {
-  if (!p) {
-    args.push(0, 0, 0);
-    return;
-  }
-  args.push(p.tokenDelta, p.costNano, p.leases.length, ...p.leases);
+/** SettleJson of the settlements an admission carries (none: all zero). */
+function settleJson(p: PendingSettle | undefined): string {
+  return p
+    ? `{"delta":${p.tokenDelta},"cost":${p.costNano},"leases":${JSON.stringify(p.leases)}}`
+    : '{"delta":0,"cost":0,"leases":[]}';
 }
 
 function level(
