@@ -1,6 +1,6 @@
 import { Cluster } from 'ioredis';
 import type { RedisClient } from '../store/redis.js';
-import { LOOKUP_LUA, type RideAlong, rideAlongFor } from '../store/ride-along.js';
+import { LOOKUP_LUA, type LookupReply, type RideAlong, rideAlongFor } from '../store/ride-along.js';
 import { ChurnMap } from '../util/churn-map.js';
 import type {
   AdmitInput,
@@ -332,6 +332,7 @@ export class RedisLimitStore implements LimitStore {
     const argv = `{"now":${i.now},"lease":${JSON.stringify(member)},"need":${i.tokens},"ttl":${i.leaseTtlMs},"hit":${hit},"dims":${this.dimsJson(i.dims)},"settle":${settleJson(carried)}}`;
     const rider = this.riders?.take();
     let res: (string | number | Buffer)[];
+    let lookup: LookupReply | null = null;
     try {
       if (rider) {
         const reply = (await this.admitLookup!(
@@ -341,8 +342,8 @@ export class RedisLimitStore implements LimitStore {
           argv,
           ...rider.args,
         )) as [(number | Buffer)[], Buffer | null, number];
-        rider.done([reply[1], reply[2]]);
         res = reply[0];
+        lookup = [reply[1], reply[2]];
       } else {
         res = (await this.script('Admit', i.dims.length)(...keys, argv)) as (string | number)[];
       }
@@ -352,6 +353,7 @@ export class RedisLimitStore implements LimitStore {
       if (carried) this.enqueue(group, carried);
       throw err;
     }
+    if (lookup) rider!.done(lookup);
     if (carried) for (const w of carried.waiters) w.resolve();
     if (res[0] !== 1) {
       return {
