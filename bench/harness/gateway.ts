@@ -159,7 +159,7 @@ async function removeKeys(url: string, prefix: string): Promise<void> {
  * BENCH_REDIS_URL / TEST_REDIS_URL when set (keys under `prefix` are removed at cleanup),
  * otherwise a throw-away `redis-server` on a free port.
  */
-export async function startRedis(prefix: string): Promise<{ url: string; source: string }> {
+export async function startRedis(prefix: string): Promise<{ url: string; source: string; pid?: number }> {
   const external = process.env['BENCH_REDIS_URL'] || process.env['TEST_REDIS_URL'];
   if (external) {
     await pingRedis(external, 3000).catch((err: Error) => {
@@ -183,7 +183,7 @@ export async function startRedis(prefix: string): Promise<{ url: string; source:
     ...['--save', '', '--appendonly', 'no', '--dir', tempDir()],
   ]);
   await waitForLine(redis, (l) => l.includes('Ready to accept connections'), 10_000);
-  return { url: `redis://127.0.0.1:${port}/0`, source: 'spawned redis-server' };
+  return { url: `redis://127.0.0.1:${port}/0`, source: 'spawned redis-server', pid: redis.proc.pid! };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -275,8 +275,10 @@ export async function startGateway(opts: {
   prefix: string;
   overrides?: ConfigObject;
   name?: string;
+  /** The gateway's dist/main.js (default: this checkout's, built when missing). */
+  main?: string;
 }): Promise<Gateway> {
-  const main = distMain();
+  const main = opts.main ?? distMain();
   const name = opts.name ?? 'gateway';
   const port = await freePort();
   const adminKey = `bench-admin-${randomBytes(16).toString('hex')}`;
