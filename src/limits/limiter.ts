@@ -68,7 +68,8 @@ interface Active {
 export class Limiter {
   private readonly active = new ChurnMap<string, Active>();
   private readonly dims = new WeakMap<KeyRecord, { team: TeamRecord | null; dims: Dimension[] }>();
-  private readonly renewTimer: NodeJS.Timeout;
+  /** Runs while requests hold leases (an idle gateway runs no timers; see UsageWriter). */
+  private renewTimer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly shared: LimitStore | null,
@@ -80,14 +81,12 @@ export class Limiter {
       metrics: Metrics | null;
       logger: Logger;
     },
-  ) {
-    this.renewTimer = setInterval(() => this.renew(), RENEW_EVERY_MS);
-    this.renewTimer.unref();
-  }
+  ) {}
 
   /** Stops lease renewal and writes the settlements the store still holds. */
   async close(): Promise<void> {
-    clearInterval(this.renewTimer);
+    if (this.renewTimer) clearInterval(this.renewTimer);
+    this.renewTimer = null;
     await this.shared?.flush?.().catch(() => {});
   }
 
@@ -185,6 +184,10 @@ export class Limiter {
     // A hit without a slot has nothing to settle: no tokens, no cost, no lease.
     if (!input.lease) return { headers: headersFor(result.views), settle: () => {} };
     this.active.set(lease, { store, dims });
+    if (this.renewTimer === null) {
+      this.renewTimer = setInterval(() => this.renew(), RENEW_EVERY_MS);
+      this.renewTimer.unref();
+    }
     let settled = false;
     return {
       headers: headersFor(result.views),
@@ -280,6 +283,11 @@ export class Limiter {
   }
 
   private renew(): void {
+    if (this.active.size === 0) {
+      clearInterval(this.renewTimer!);
+      this.renewTimer = null;
+      return;
+    }
     const expiresAt = Date.now() + LEASE_TTL_MS;
     for (const [lease, a] of this.active.entries()) {
       a.store.renew(a.dims, lease, expiresAt).catch(() => {

@@ -14,6 +14,10 @@
 export class ChurnMap<K, V> {
   private readonly boxes = new Map<K, { value: V | undefined }>();
 
+  get size(): number {
+    return this.boxes.size;
+  }
+
   get(key: K): V | undefined {
     return this.boxes.get(key)?.value;
   }

@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { UsageRecord } from '../../src/metering/record.js';
 import { MemoryUsageStore } from '../../src/metering/usage-store.js';
 import { UsageWriter } from '../../src/metering/usage-writer.js';
@@ -25,6 +25,30 @@ const record = (i: number): UsageRecord => ({
 });
 
 describe('usage writer', () => {
+  it('runs a timer only while records wait, so an idle gateway runs no JavaScript', async () => {
+    vi.useFakeTimers();
+    const store = new MemoryUsageStore();
+    const writer = new UsageWriter(store, { bufferSize: 100, flushIntervalMs: 250 });
+    try {
+      expect(vi.getTimerCount()).toBe(0);
+      writer.record(record(1));
+      writer.record(record(2));
+      expect(vi.getTimerCount()).toBe(1);
+      await vi.advanceTimersByTimeAsync(250);
+      expect(writer.pending).toBe(0);
+      expect(vi.getTimerCount()).toBe(0);
+      // The next record after a quiet spell is written one interval later, like the first.
+      writer.record(record(3));
+      await vi.advanceTimersByTimeAsync(250);
+      const [cell] = await store.cells([new Date().toISOString().slice(0, 10)]);
+      expect(cell?.requests).toBe(3);
+      expect(vi.getTimerCount()).toBe(0);
+    } finally {
+      await writer.close();
+      vi.useRealTimers();
+    }
+  });
+
   it('writes the whole backlog each interval, not one batch: it keeps up above batchSize per interval', async () => {
     const store = new MemoryUsageStore();
     const batches: number[] = [];
