@@ -25,6 +25,7 @@ import {
   installCleanup,
   issueKey,
   log,
+  median,
   OUT_DIR,
   onCleanup,
   positive,
@@ -98,12 +99,6 @@ interface Round {
   first: string;
   sides: { name: string; rps: number; gatewayUs: number; redisUs: number | null; errors: number }[];
 }
-
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-};
 
 async function main(): Promise<number> {
   mkdirSync(OUT_DIR, { recursive: true });

@@ -32,6 +32,7 @@ import {
   log,
   MOCK_KEY,
   measureTtft,
+  median,
   medianRun,
   OUT_DIR,
   post,
@@ -156,6 +157,11 @@ async function main(): Promise<number> {
   const runs1 = { direct: [] as WrkResult[], min: [] as WrkResult[], gw: [] as WrkResult[] };
   const runs32 = { min: [] as WrkResult[], gw: [] as WrkResult[] };
   const runsHit: WrkResult[] = [];
+  // (4) RSS right after each target's c32 run: the same load, read at the same moment after it.
+  // (Read at the end of the benchmark instead, the minimal proxy would have been idle for the
+  // gateway's runs, long enough for V8 to shrink its young generation, and the gateway not.)
+  const rss = { min: [] as number[], gw: [] as number[] };
+  let minIdleSince = 0;
   let mockCpuMs = 0;
   for (let round = 1; round <= ROUNDS; round++) {
     const r = ROUNDS > 1 ? ` (round ${round}/${ROUNDS})` : '';
@@ -172,12 +178,15 @@ async function main(): Promise<number> {
       ...c32,
     });
     const mockTicks1 = cpuTicks(mockPid);
+    rss.min.push(rssKb(minPid) / 1024);
+    minIdleSince = Date.now();
     runs32.min.push(m32);
     mockCpuMs += (((mockTicks1 - mockTicks0) / CLK_TCK) * 1000) / Math.max(1, m32.requests) / ROUNDS;
     if (gateway) {
       runs32.gw.push(
         await wrk({ label: `c32 gateway${r}`, base: gateway.base, auth: gwAuth, pid: gateway.pid, ...c32 }),
       );
+      rss.gw.push(rssKb(gateway.pid) / 1024);
       // (5) Cache hits at concurrency 1: the same body every time, so all but the first are hits.
       runsHit.push(
         await wrk({
@@ -220,9 +229,11 @@ async function main(): Promise<number> {
   if (gateway) ttftTargets.push({ name: 'gateway', base: gateway.base, auth: gwAuth });
   const ttft = await measureTtft(ttftTargets, STREAMS);
 
-  // (4) RSS after the load.
-  const minRss = rssKb(minPid) / 1024;
-  const gwRss = gateway ? rssKb(gateway.pid) / 1024 : null;
+  // (4) RSS after the load: the median over the rounds; at the end too, for the notes.
+  const minRss = median(rss.min);
+  const gwRss = gateway ? median(rss.gw) : null;
+  const endRss = { minimal: rssKb(minPid) / 1024, gateway: gateway ? rssKb(gateway.pid) / 1024 : null };
+  const minIdleSeconds = Math.round((Date.now() - minIdleSince) / 1000);
 
   // Measures.
   const ms = (us: number) => us / 1000;
@@ -336,6 +347,9 @@ async function main(): Promise<number> {
   for (const [name, t] of ttft) if (t.errors > 0) notes.push(`streams via ${name}: ${t.errors} failed`);
   if (gatewayError) notes.push(`gateway NOT measured: ${gatewayError.split('\n')[0]}`);
   notes.push(
+    `RSS right after each c32 run (MB): minimal ${rss.min.map((v) => v.toFixed(1)).join(' / ')}, gateway ${rss.gw.map((v) => v.toFixed(1)).join(' / ')}; at the end: minimal ${endRss.minimal.toFixed(1)} (no c32 load for ${minIdleSeconds}s), gateway ${endRss.gateway?.toFixed(1) ?? '—'}`,
+  );
+  notes.push(
     `Redis: ${redisSource || 'not started'}; ${cpus().length} CPUs shared by wrk, mock, Redis and the proxies`,
   );
   for (const n of notes) process.stdout.write(`  ${n}\n`);
@@ -373,7 +387,7 @@ async function main(): Promise<number> {
       c32: { minimal: minC32, gateway: gwC32 },
       cacheHit: gwHit ? { ...gwHit, hitConfirmed } : null,
       ttftMs: Object.fromEntries(ttft),
-      rssMB: { minimal: minRss, gateway: gwRss },
+      rssMB: { minimal: minRss, gateway: gwRss, perRound: rss, atEnd: endRss },
       mockCpuMsPerRequest: mockCpuMs,
     },
     ...(variants ? { variants } : {}),

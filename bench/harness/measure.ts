@@ -138,7 +138,7 @@ export interface WrkResult {
 export const errorsOf = (r: WrkResult | null): number =>
   r ? r.errors.connect + r.errors.read + r.errors.write + r.errors.status + r.errors.timeout : 0;
 
-const median = (xs: number[]): number => {
+export const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
   const mid = Math.floor(s.length / 2);
   return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
