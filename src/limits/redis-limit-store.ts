@@ -18,9 +18,14 @@ import type {
 // and spend counters for the day, the month and all time.
 const KEYS_PER_DIM = 5;
 
-// Spend of one dimension (its keys from KEYS[k + 1]): the day, month and all-time counters; the
-// day and month counters get their expiry when created.
-const SPEND_FN = `
+// Shared by the scripts. `level`: a bucket's level at `now` (capacity `cap` per minute, refilled
+// continuously from `v` at `at`) less `minus`. `spend`: adds a cost to one dimension's day,
+// month and all-time counters (its keys from KEYS[k + 1]); the day and month counters get their
+// expiry when created.
+const SHARED_FN = `
+local function level(v, at, cap, now, minus)
+  return math.min(cap, v + (now - at) * cap / 60000 - minus)
+end
 local function spend(k, cost)
   if redis.call('INCRBY', KEYS[k + 3], cost) == cost then redis.call('EXPIRE', KEYS[k + 3], 172800) end
   if redis.call('INCRBY', KEYS[k + 4], cost) == cost then redis.call('EXPIRE', KEYS[k + 4], 3456000) end
@@ -48,20 +53,20 @@ local lim, rs, ts, xs, settled = {}, {}, {}, {}, {}
 for d = 0, ndim - 1 do
   local k, dm = d * ${KEYS_PER_DIM}, a.dims[d + 1]
   -- A dimension with no limit at all (a team without settings) needs neither a check nor a lease.
-  lim[d] = dm.rpm >= 0 or dm.tpm >= 0 or dm.maxc >= 0 or dm.budget >= 0
+  lim[d] = dm.leased
   if lim[d] then
     if #released > 0 then redis.call('ZREM', KEYS[k + 2], unpack(released)) end
     local st = redis.call('HMGET', KEYS[k + 1], 'r', 'rt', 't', 'tt', 'x')
     xs[d] = tonumber(st[5])
     if dm.rpm >= 0 then
       local r = tonumber(st[1])
-      if r == nil then r = dm.rpm else r = math.min(dm.rpm, r + (now - tonumber(st[2])) * dm.rpm / 60000) end
+      if r == nil then r = dm.rpm else r = level(r, tonumber(st[2]), dm.rpm, now, 0) end
       rs[d] = r
     end
     if dm.tpm >= 0 then
       local t = tonumber(st[3])
       if t == nil then t = dm.tpm else
-        t = math.min(dm.tpm, t + (now - tonumber(st[4])) * dm.tpm / 60000 - delta)
+        t = level(t, tonumber(st[4]), dm.tpm, now, delta)
         settled[d] = delta ~= 0
       end
       ts[d] = t
@@ -135,7 +140,7 @@ return out
 
 // ARGV[1]: AdmitArgs as JSON (one argument instead of ~20: each costs the gateway's Redis client
 // more than decoding them costs Redis).
-const ADMIT = `${SPEND_FN}
+const ADMIT = `${SHARED_FN}
 local a = cjson.decode(ARGV[1])
 local ndim = #a.dims
 ${ADMIT_BODY}`;
@@ -143,7 +148,7 @@ ${ADMIT_BODY}`;
 // Admission with a cache lookup riding along (single server only: the lookup's keys are in other
 // slots). KEYS: the admission's, then the lookup's; ARGV: AdmitArgs, then the lookup's. Returns
 // the admission's reply, the entry and the lock flag.
-const ADMIT_LOOKUP = `${SPEND_FN}${LOOKUP_LUA}
+const ADMIT_LOOKUP = `${SHARED_FN}${LOOKUP_LUA}
 local a = cjson.decode(ARGV[1])
 local ndim = #a.dims
 local function admit()
@@ -157,8 +162,9 @@ return {res, entry, locked}
 
 // Settlement of the requests that ended on one set of dimensions, when no admission has carried
 // it: tokens corrected by their real usage (refund or charge, summed), their leases released,
-// their real cost added to the spend counters. ARGV[1]: SettleArgs as JSON.
-const SETTLE = `${SPEND_FN}
+// their real cost added to the spend counters. ARGV[1]: {now, dims: DimJson[], settle: SettleJson}
+// as JSON.
+const SETTLE = `${SHARED_FN}
 local a = cjson.decode(ARGV[1])
 local now, delta, cost, released = a.now, a.settle.delta, a.settle.cost, a.settle.leases
 for d = 0, #a.dims - 1 do
@@ -167,7 +173,7 @@ for d = 0, #a.dims - 1 do
     local st = redis.call('HMGET', KEYS[k + 1], 't', 'tt')
     local t = tonumber(st[1])
     if t ~= nil then
-      redis.call('HSET', KEYS[k + 1], 't', math.min(dm.tpm, t + (now - tonumber(st[2])) * dm.tpm / 60000 - delta), 'tt', now)
+      redis.call('HSET', KEYS[k + 1], 't', level(t, tonumber(st[2]), dm.tpm, now, delta), 'tt', now)
     end
   end
   if #released > 0 and dm.leased then redis.call('ZREM', KEYS[k + 2], unpack(released)) end
@@ -183,7 +189,20 @@ interface SettleJson {
   leases: string[];
 }
 
-/** The admission script's argument. Limits are -1 where a dimension has none. */
+/**
+ * A dimension as both scripts read it. Limits are -1 where it has none; `leased`: it has some
+ * limit, so it is checked and its requests hold leases (a team without settings has neither).
+ */
+interface DimJson {
+  rpm: number;
+  tpm: number;
+  maxc: number;
+  budget: number;
+  period: Dimension['period'];
+  leased: boolean;
+}
+
+/** The admission script's argument. */
 interface AdmitArgs {
   now: number;
   /** The lease member: "<lease id>|<reserved nano-USD>". */
@@ -192,14 +211,7 @@ interface AdmitArgs {
   ttl: number;
   /** 0: a miss; 1: a hit; 2: a hit served at once (checked against the slots, takes none). */
   hit: 0 | 1 | 2;
-  dims: { rpm: number; tpm: number; maxc: number; budget: number; period: Dimension['period'] }[];
-  settle: SettleJson;
-}
-
-/** The settle script's argument. */
-interface SettleArgs {
-  now: number;
-  dims: { tpm: number; leased: boolean }[];
+  dims: DimJson[];
   settle: SettleJson;
 }
 
@@ -304,16 +316,17 @@ export class RedisLimitStore implements LimitStore {
     return keys;
   }
 
-  /** A dimension set's limits as the admission script reads them, as JSON, built once per set. */
+  /** A dimension set as the scripts read it (DimJson[]), as JSON, built once per set. */
   private dimsJson(dims: Dimension[]): string {
     let json = this.dimsJsonOf.get(dims);
     if (json === undefined) {
-      const a: AdmitArgs['dims'] = dims.map((d) => ({
+      const a: DimJson[] = dims.map((d) => ({
         rpm: d.rpm ?? -1,
         tpm: d.tpm ?? -1,
         maxc: d.maxConcurrent ?? -1,
         budget: d.budgetNano ?? -1,
         period: d.period,
+        leased: d.rpm !== null || d.tpm !== null || d.maxConcurrent !== null || d.budgetNano !== null,
       }));
       json = JSON.stringify(a);
       this.dimsJsonOf.set(dims, json);
@@ -422,13 +435,9 @@ export class RedisLimitStore implements LimitStore {
   }
 
   private write(p: PendingSettle): Promise<void> {
-    const args: SettleArgs = {
-      now: p.now,
-      dims: p.dims.map((d) => ({ tpm: d.tpm ?? -1, leased: takesLeases(d) })),
-      settle: { delta: p.tokenDelta, cost: p.costNano, leases: p.leases },
-    };
+    const args = `{"now":${p.now},"dims":${this.dimsJson(p.dims)},"settle":${settleJson(p)}}`;
     const settle = this.script('Settle', p.dims.length);
-    return settle(...p.keys, JSON.stringify(args)).then(
+    return settle(...p.keys, args).then(
       () => {
         for (const w of p.waiters) w.resolve();
       },
@@ -470,10 +479,6 @@ export class RedisLimitStore implements LimitStore {
     return { day: Number(d ?? 0), month: Number(m ?? 0), total: Number(t ?? 0) };
   }
 }
-
-/** Whether a dimension has any limit (the admission script checks and leases only those). */
-const takesLeases = (d: Dimension): boolean =>
-  d.rpm !== null || d.tpm !== null || d.maxConcurrent !== null || d.budgetNano !== null;
 
 /** SettleJson of the settlements an admission carries (none: all zero). */
 function settleJson(p: PendingSettle | undefined): string {
