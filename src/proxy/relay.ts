@@ -1,5 +1,4 @@
 import type { IncomingHttpHeaders } from 'node:http';
-import type { Readable } from 'node:stream';
 import type { Context } from 'hono';
 import { StreamAssembler } from '../cache/assemble.js';
 import type { CacheEntry } from '../cache/cache-store.js';
@@ -8,6 +7,7 @@ import { GatewayError } from '../errors/gateway-error.js';
 import type { RequestTrace } from '../metering/record.js';
 import type { AppEnv } from '../server/env.js';
 import type { UpstreamResponse } from '../upstream/router.js';
+import { readStream } from '../util/read-stream.js';
 import type { ChatRequest } from './chat-request.js';
 import type { Sink } from './sink.js';
 import { SseRelay } from './sse-relay.js';
@@ -114,7 +114,7 @@ export async function relayJson(x: Exchange, res: UpstreamResponse): Promise<Res
   const { sink, trace } = x;
   let body: Buffer;
   try {
-    body = await readAll(res.body);
+    body = await readStream(res.body);
   } catch (err) {
     // A client that left says nothing about the upstream's health: no verdict for the breaker.
     if (sink.clientGone) {
@@ -222,26 +222,6 @@ export function clientGone(x: Exchange): Response {
   // 499: the client closed the request (nginx's convention), for logs and metrics only.
   x.trace.status = 499;
   return x.sink.response();
-}
-
-/**
- * A whole body, read in flowing mode: an async iterator would cost a promise and a read() per
- * chunk. Fails with the stream's error, or when it closes before its end.
- */
-function readAll(stream: Readable): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let ended = false;
-    stream.on('data', (chunk: Buffer) => chunks.push(chunk));
-    stream.once('end', () => {
-      ended = true;
-      resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
-    });
-    stream.once('error', reject);
-    stream.once('close', () => {
-      if (!ended) reject(new Error('The upstream response ended early.'));
-    });
-  });
 }
 
 function isTimeoutError(err: unknown): boolean {

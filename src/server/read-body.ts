@@ -1,6 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Context } from 'hono';
 import { GatewayError } from '../errors/gateway-error.js';
+import { readStream, StreamTooLarge } from '../util/read-stream.js';
 
 const tooLarge = (limit: number): GatewayError =>
   new GatewayError('request_too_large', `The request body is larger than the limit of ${limit} bytes.`);
@@ -19,36 +20,9 @@ export async function readBody(c: Context, limit: number): Promise<Buffer> {
     if (buf.length > limit) throw tooLarge(limit);
     return buf;
   }
-  return new Promise<Buffer>((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const done = (err: Error | null): void => {
-      incoming.off('data', onData);
-      incoming.off('end', onEnd);
-      incoming.off('error', onError);
-      incoming.off('close', onClose);
-      if (err) reject(err);
-      else resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
-    };
-    const onData = (chunk: Buffer): void => {
-      size += chunk.length;
-      if (size > limit) {
-        // Stop reading; the error answer is sent and the rest of the body is discarded.
-        incoming.pause();
-        done(tooLarge(limit));
-        return;
-      }
-      chunks.push(chunk);
-    };
-    const onEnd = (): void => done(null);
-    const onError = (err: Error): void => done(invalidBody(err));
-    const onClose = (): void => {
-      if (!incoming.readableEnded) done(invalidBody(new Error('client closed the connection')));
-    };
-    incoming.on('data', onData);
-    incoming.on('end', onEnd);
-    incoming.on('error', onError);
-    incoming.on('close', onClose);
+  // Once too large, the error answer is sent and the rest of the body is left unread.
+  return readStream(incoming, limit).catch((err: Error) => {
+    throw err instanceof StreamTooLarge ? tooLarge(limit) : invalidBody(err);
   });
 }
 
