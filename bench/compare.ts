@@ -19,9 +19,11 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
+  buildDist,
   buildHelpers,
   CLK_TCK,
   cpuTicks,
+  errorsOf,
   installCleanup,
   issueKey,
   log,
@@ -62,19 +64,6 @@ const WARMUP = Math.max(1, Math.round(seconds('BENCH_WARMUP', 3)));
 const CONNS = Math.max(1, Math.round(positive('COMPARE_CONNS', 16, 'number of connections')));
 installCleanup(seconds('BENCH_TIMEOUT', 900), 'BENCH_TIMEOUT');
 
-function build(dir: string): void {
-  const r = spawnSync(
-    process.execPath,
-    [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'],
-    {
-      cwd: dir,
-      encoding: 'utf8',
-    },
-  );
-  if (r.status !== 0)
-    throw new Error(`the build in ${dir} failed:\n${`${r.stdout}${r.stderr}`.slice(0, 4000)}`);
-}
-
 /** A worktree of `ref`, built; removed at cleanup. */
 function checkout(commit: string): string {
   const dir = join(tempDir(), 'other');
@@ -83,7 +72,7 @@ function checkout(commit: string): string {
     spawnSync('git', ['worktree', 'remove', '--force', dir], { cwd: ROOT, stdio: 'ignore' });
   });
   symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'), 'dir');
-  build(dir);
+  buildDist(dir);
   return dir;
 }
 
@@ -104,7 +93,7 @@ async function main(): Promise<number> {
   mkdirSync(OUT_DIR, { recursive: true });
   const commit = execFileSync('git', ['rev-parse', '--short', ref!], { cwd: ROOT, encoding: 'utf8' }).trim();
   log(`building this checkout and ${ref} (${commit})`);
-  build(ROOT);
+  buildDist(ROOT);
   const other = checkout(commit);
   const { mockMain } = buildHelpers();
 
@@ -164,8 +153,7 @@ async function main(): Promise<number> {
           rps: run.rps,
           gatewayUs: (run.cpuMsPerRequest ?? Number.NaN) * 1000,
           redisUs,
-          errors:
-            run.errors.connect + run.errors.read + run.errors.write + run.errors.status + run.errors.timeout,
+          errors: errorsOf(run),
         };
       }),
     });

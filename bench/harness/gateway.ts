@@ -232,28 +232,31 @@ export function fullConfig(opts: {
   };
 }
 
-/** Builds dist/ when dist/main.js is missing; returns its path. */
-function distMain(): string {
-  const main = join(ROOT, 'dist', 'main.js');
-  if (existsSync(main)) return main;
-  log('dist/main.js is missing: building (tsc -p tsconfig.build.json)');
+/** Builds the gateway checked out in `dir` (tsc -p tsconfig.build.json); returns its dist/main.js. */
+export function buildDist(dir: string): string {
+  const main = join(dir, 'dist', 'main.js');
   const r = spawnSync(
     process.execPath,
     [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'],
-    {
-      cwd: ROOT,
-      encoding: 'utf8',
-    },
+    { cwd: dir, encoding: 'utf8' },
   );
   if (r.status !== 0 || !existsSync(main)) {
     const out = `${r.stdout ?? ''}${r.stderr ?? ''}`.trim().slice(0, 4000);
     throw new Error(
       r.status === 0
-        ? 'tsc -p tsconfig.build.json succeeded but wrote no dist/main.js (is src/main.ts there?)'
-        : `the gateway does not build (tsc -p tsconfig.build.json):\n${out}`,
+        ? `tsc -p tsconfig.build.json in ${dir} succeeded but wrote no dist/main.js (is src/main.ts there?)`
+        : `the gateway in ${dir} does not build (tsc -p tsconfig.build.json):\n${out}`,
     );
   }
   return main;
+}
+
+/** This checkout's dist/main.js, built when missing. */
+function distMain(): string {
+  const main = join(ROOT, 'dist', 'main.js');
+  if (existsSync(main)) return main;
+  log('dist/main.js is missing: building (tsc -p tsconfig.build.json)');
+  return buildDist(ROOT);
 }
 
 export interface Gateway {
